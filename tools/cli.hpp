@@ -1,0 +1,89 @@
+// Shared pieces of the engram command-line tool: argument parsing and case-file reading.
+#pragma once
+
+#include <engram/engram.hpp>
+#include <engram/io/config_json.hpp>
+#include <engram/io/safetensors.hpp>
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace engram_cli {
+
+/// A usage mistake (unknown option, missing argument): exit code 2.
+struct usage_error : engram::error {
+    using engram::error::error;
+};
+
+/// Positional arguments and options of one subcommand.
+struct args {
+    std::vector<std::string> positional;
+    std::optional<std::string> output;
+    std::vector<std::string> flags;
+    bool help = false;
+
+    /// Parses `argv`; `-o/--output FILE` and the given boolean `known_flags` are accepted.
+    static args parse(const std::vector<std::string>& argv, std::initializer_list<std::string_view> known_flags = {}) {
+        args a;
+        for (std::size_t i = 0; i < argv.size(); ++i) {
+            const std::string& s = argv[i];
+            if (s == "-h" || s == "--help") {
+                a.help = true;
+            } else if (s == "-o" || s == "--output") {
+                if (i + 1 >= argv.size()) throw usage_error(s + " needs a file name");
+                a.output = argv[++i];
+            } else if (s.rfind("--output=", 0) == 0) {
+                a.output = s.substr(9);
+            } else if (s.size() > 1 && s[0] == '-') {
+                bool known = false;
+                for (auto f : known_flags) known = known || s == f;
+                if (!known) throw usage_error("unknown option '" + s + "'");
+                a.flags.push_back(s);
+            } else {
+                a.positional.push_back(s);
+            }
+        }
+        return a;
+    }
+    [[nodiscard]] bool has(std::string_view flag) const {
+        for (const auto& f : flags)
+            if (f == flag) return true;
+        return false;
+    }
+    /// Checks the count of positional arguments and, if `needs_output`, that -o was given.
+    void expect(std::size_t n_positional, bool needs_output, const char* usage) const {
+        if (positional.size() != n_positional || (needs_output && !output))
+            throw usage_error(std::string("usage: ") + usage);
+    }
+};
+
+/// The parsed `config` metadata of a case or checkpoint file.
+inline nlohmann::json read_config(const engram::safetensors_file& file) {
+    const std::string* text = file.find_metadata("config");
+    if (text == nullptr) throw engram::format_error(file.path().string() + ": no 'config' entry in the metadata");
+    return engram::parse_config_text(*text);
+}
+
+/// An integer tensor of the given rank, converted to int64.
+inline std::vector<std::int64_t> read_ids(const engram::safetensors_file& file, std::string_view name,
+                                          std::size_t rank) {
+    const auto& t = file.at(name);
+    if (t.shape.size() != rank)
+        throw engram::format_error(file.path().string() + ": tensor '" + std::string(name) + "' has rank " +
+                                   std::to_string(t.shape.size()) + ", expected " + std::to_string(rank));
+    switch (t.type) {
+    case engram::dtype::i64:
+    case engram::dtype::i32: return t.to_vector<std::int64_t>();
+    default:
+        throw engram::format_error(file.path().string() + ": tensor '" + std::string(name) + "' has dtype " +
+                                   std::string(engram::dtype_name(t.type)) + ", expected I64 (or I32)");
+    }
+}
+
+int cmd_compress_vocab(const std::vector<std::string>& argv);
+int cmd_hash(const std::vector<std::string>& argv);
+int cmd_inspect(const std::vector<std::string>& argv);
+
+} // namespace engram_cli

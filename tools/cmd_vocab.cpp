@@ -1,0 +1,32 @@
+// engram compress-vocab: the canonical table of a Hugging Face tokenizer.json.
+#include "cli.hpp"
+
+#include <engram/vocab/tokenizer_json.hpp>
+
+#include <iostream>
+
+namespace engram_cli {
+
+int cmd_compress_vocab(const std::vector<std::string>& argv) {
+    constexpr const char* usage = "engram compress-vocab TOKENIZER_JSON -o OUT.safetensors";
+    const auto a = args::parse(argv);
+    if (a.help) {
+        std::cout << "usage: " << usage << "\n\n"
+                  << "Builds the canonical vocabulary (spec section 1) of a byte-level BPE tokenizer and writes\n"
+                  << "tensor 'lookup' (I64 [V]) with metadata 'canonical_vocab_size' and 'vocab_size'.\n";
+        return 0;
+    }
+    a.expect(1, true, usage);
+    const auto table = engram::canonical_table_from_tokenizer_json(a.positional[0]);
+    engram::safetensors_writer writer;
+    writer.add("lookup", {static_cast<std::int64_t>(table.vocab_size())}, table.lookup());
+    writer.set_metadata("canonical_vocab_size", std::to_string(table.canonical_size()));
+    writer.set_metadata("vocab_size", std::to_string(table.vocab_size()));
+    writer.write(*a.output);
+    std::cout << "vocabulary " << table.vocab_size() << " -> " << table.canonical_size() << " canonical ids ("
+              << 100.0 * (1.0 - static_cast<double>(table.canonical_size()) / static_cast<double>(table.vocab_size()))
+              << "% fewer); wrote " << *a.output << '\n';
+    return 0;
+}
+
+} // namespace engram_cli
