@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 namespace {
 
 /// The console output as usual, plus the best items/s of each benchmark's repetitions.
@@ -50,6 +52,8 @@ int main(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) has_reps = has_reps || std::strncmp(argv[i], "--benchmark_repetitions", 23) == 0;
     static char reps[] = "--benchmark_repetitions=5";
     if (!has_reps) args.insert(args.begin() + 1, reps);
+    static char no_color[] = "--benchmark_color=false";
+    if (!isatty(STDOUT_FILENO)) args.insert(args.begin() + 1, no_color);
     int n = static_cast<int>(args.size());
     benchmark::Initialize(&n, args.data());
     if (benchmark::ReportUnrecognizedArguments(n, args.data())) return 1;

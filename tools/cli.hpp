@@ -75,7 +75,8 @@ inline std::vector<std::int64_t> read_ids(const engram::safetensors_file& file, 
                                    std::to_string(t.shape.size()) + ", expected " + std::to_string(rank));
     switch (t.type) {
     case engram::dtype::i64:
-    case engram::dtype::i32: return t.to_vector<std::int64_t>();
+    case engram::dtype::i32:
+        return t.to_vector<std::int64_t>();
     default:
         throw engram::format_error(file.path().string() + ": tensor '" + std::string(name) + "' has dtype " +
                                    std::string(engram::dtype_name(t.type)) + ", expected I64 (or I32)");

@@ -38,8 +38,7 @@ int cmd_hash(const std::vector<std::string>& argv) {
             engram::ngram_hasher<engram::multiply_xor_family, Orders>(layout).hash(canonical, batch, seq, ids);
         });
         const std::string suffix = ".layer" + std::to_string(layout.layer_id);
-        writer.add("hash_ids" + suffix,
-                   {shape[0], shape[1], static_cast<std::int64_t>(layout.num_heads())}, ids);
+        writer.add("hash_ids" + suffix, {shape[0], shape[1], static_cast<std::int64_t>(layout.num_heads())}, ids);
         writer.add("multipliers" + suffix, {static_cast<std::int64_t>(layout.multipliers.size())}, layout.multipliers);
         writer.add("primes" + suffix,
                    {static_cast<std::int64_t>(layout.orders.size()), static_cast<std::int64_t>(layout.heads_per_order)},

@@ -21,10 +21,14 @@ std::string shape_text(const std::vector<std::int64_t>& shape) {
 std::string bytes_text(std::size_t n) {
     std::ostringstream o;
     o << std::fixed << std::setprecision(1);
-    if (n >= (std::size_t{1} << 30)) o << static_cast<double>(n) / (1 << 30) << " GiB";
-    else if (n >= (std::size_t{1} << 20)) o << static_cast<double>(n) / (1 << 20) << " MiB";
-    else if (n >= 1024) o << static_cast<double>(n) / 1024 << " KiB";
-    else o << n << " B";
+    if (n >= (std::size_t{1} << 30))
+        o << static_cast<double>(n) / (1 << 30) << " GiB";
+    else if (n >= (std::size_t{1} << 20))
+        o << static_cast<double>(n) / (1 << 20) << " MiB";
+    else if (n >= 1024)
+        o << static_cast<double>(n) / 1024 << " KiB";
+    else
+        o << n << " B";
     return o.str();
 }
 
@@ -65,7 +69,8 @@ std::string value_summary(const engram::tensor_view& t) {
         if (non_finite) o << ", " << non_finite << " non-finite";
         break;
     }
-    default: return "";
+    default:
+        return "";
     }
     if (sampled) o << " (first 16M values)";
     return o.str();
@@ -76,7 +81,8 @@ std::string file_kind(const engram::safetensors_file& f) {
     if (f.contains("multi_head_embedding.embedding.weight"))
         return f.contains("hidden_states") ? "forward case (layer weights, inputs and expected output)"
                                            : "Engram layer checkpoint";
-    if (has_config && f.contains("input_ids") && f.contains("lookup")) return "hash case (config, vocabulary, input ids)";
+    if (has_config && f.contains("input_ids") && f.contains("lookup"))
+        return "hash case (config, vocabulary, input ids)";
     if (f.contains("lookup") && f.find_metadata("canonical_vocab_size") != nullptr) return "canonical vocabulary";
     for (const auto& t : f.tensors())
         if (t.name.rfind("hash_ids.layer", 0) == 0) return "hash output (row ids per layer)";
@@ -105,7 +111,8 @@ int cmd_inspect(const std::vector<std::string>& argv) {
     if (file.find_metadata("config") != nullptr) {
         const auto cfg_json = read_config(file);
         std::cout << "config:\n";
-        for (const auto& [key, value] : cfg_json.items()) std::cout << "  " << std::left << std::setw(22) << key << value.dump() << '\n';
+        for (const auto& [key, value] : cfg_json.items())
+            std::cout << "  " << std::left << std::setw(22) << key << value.dump() << '\n';
         // The derived layout, when the file has what it needs.
         if (file.contains("lookup")) {
             try {
@@ -113,9 +120,11 @@ int cmd_inspect(const std::vector<std::string>& argv) {
                 const auto vocab = engram::canonical_table::from_lookup(read_ids(file, "lookup", 1));
                 std::cout << "vocabulary: V = " << vocab.vocab_size() << ", V' = " << vocab.canonical_size()
                           << ", canonical pad = " << vocab.canonical_pad_id(cfg.pad_id) << '\n';
-                for (const auto& l : engram::make_layouts(cfg, vocab.canonical_size(), vocab.canonical_pad_id(cfg.pad_id))) {
-                    std::cout << "layer " << l.layer_id << ": " << l.num_heads() << " heads, primes " << l.primes.front()
-                              << ".." << l.primes.back() << ", " << l.total_rows << " rows x " << l.head_dim << " ("
+                for (const auto& l :
+                     engram::make_layouts(cfg, vocab.canonical_size(), vocab.canonical_pad_id(cfg.pad_id))) {
+                    std::cout << "layer " << l.layer_id << ": " << l.num_heads() << " heads, primes "
+                              << l.primes.front() << ".." << l.primes.back() << ", " << l.total_rows << " rows x "
+                              << l.head_dim << " ("
                               << bytes_text(static_cast<std::size_t>(l.total_rows * l.head_dim) * 4)
                               << " in f32), multipliers";
                     for (auto m : l.multipliers) std::cout << ' ' << m;
@@ -128,9 +137,9 @@ int cmd_inspect(const std::vector<std::string>& argv) {
     }
     std::cout << "tensors:\n";
     for (const auto& t : file.tensors()) {
-        std::cout << "  " << std::left << std::setw(40) << t.name << ' ' << std::setw(5) << engram::dtype_name(t.type) << ' '
-                  << std::setw(18) << shape_text(t.shape) << ' ' << std::setw(10) << bytes_text(t.bytes.size()) << ' '
-                  << value_summary(t) << '\n';
+        std::cout << "  " << std::left << std::setw(40) << t.name << ' ' << std::setw(5) << engram::dtype_name(t.type)
+                  << ' ' << std::setw(18) << shape_text(t.shape) << ' ' << std::setw(10) << bytes_text(t.bytes.size())
+                  << ' ' << value_summary(t) << '\n';
     }
     return 0;
 }

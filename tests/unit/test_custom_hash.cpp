@@ -36,7 +36,9 @@ struct broken_family {
     using mix_type = int;
     explicit broken_family(const engram::layer_layout&) {}
     template <int N>
-    int mix(const engram::token_id*) const noexcept { return 0; }
+    int mix(const engram::token_id*) const noexcept {
+        return 0;
+    }
 };
 
 } // namespace user

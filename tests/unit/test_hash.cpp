@@ -25,9 +25,11 @@ std::vector<std::int64_t> brute_force_hash(const engram::layer_layout& l, const 
                 const int n = l.orders[oi];
                 std::uint64_t mix = 0;
                 for (int k = 0; k < n; ++k) {
-                    const std::int64_t x =
-                        static_cast<std::int64_t>(t) - k >= 0 ? canonical[b * seq + t - static_cast<std::size_t>(k)] : l.pad;
-                    mix ^= static_cast<std::uint64_t>(x) * static_cast<std::uint64_t>(l.multipliers[static_cast<std::size_t>(k)]);
+                    const std::int64_t x = static_cast<std::int64_t>(t) - k >= 0
+                                               ? canonical[b * seq + t - static_cast<std::size_t>(k)]
+                                               : l.pad;
+                    mix ^= static_cast<std::uint64_t>(x) *
+                           static_cast<std::uint64_t>(l.multipliers[static_cast<std::size_t>(k)]);
                 }
                 for (std::size_t j = 0; j < k_heads; ++j) {
                     const std::int64_t p = l.primes[oi * k_heads + j];
@@ -152,12 +154,14 @@ TEST_CASE("hash errors: ids out of range, shapes, mismatched orders", "[hash]") 
     CHECK(out[0] == -1); // nothing written
     CHECK_THROWS_AS(hasher.hash(std::vector<std::int64_t>{1, -1, 2}, 1, 3, out), engram::input_error);
     CHECK_THROWS_AS(hasher.hash(std::vector<std::int64_t>{1, 2, 3}, 2, 3, out), engram::input_error);
-    CHECK_THROWS_AS(hasher.hash(std::vector<std::int64_t>{1, 2, 3}, 1, 3, std::span(out).first(10)), engram::input_error);
+    CHECK_THROWS_AS(hasher.hash(std::vector<std::int64_t>{1, 2, 3}, 1, 3, std::span(out).first(10)),
+                    engram::input_error);
 
     auto vocab = engram::canonical_table::identity(1000);
     CHECK_THROWS_AS(hasher.hash_tokens(vocab, std::vector<std::int64_t>{5, 1000, 1}, 1, 3, out), engram::input_error);
-    CHECK_THROWS_AS(hasher.hash_tokens(engram::canonical_table::identity(999), std::vector<std::int64_t>{5, 6, 1}, 1, 3, out),
-                    engram::config_error);
+    CHECK_THROWS_AS(
+        hasher.hash_tokens(engram::canonical_table::identity(999), std::vector<std::int64_t>{5, 6, 1}, 1, 3, out),
+        engram::config_error);
 
     using three = engram::ngram_hasher<engram::multiply_xor_family, engram::orders<2, 3, 4>>;
     CHECK_THROWS_AS(three(l), engram::config_error);

@@ -70,8 +70,8 @@ TEST_CASE("integers edge cases", "[numpy]") {
     CHECK_THROWS_AS(engram::numpy::integers(gen, 0), engram::config_error);
     CHECK_THROWS_AS(engram::numpy::integers(gen, -5), engram::config_error);
     // Every draw stays below high, for ranges on both sides of the 32-bit boundary.
-    for (std::int64_t high : {std::int64_t{2}, std::int64_t{1} << 32, (std::int64_t{1} << 32) + 1,
-                              std::int64_t{0x7FFFFFFFFFFFFFFF}}) {
+    for (std::int64_t high :
+         {std::int64_t{2}, std::int64_t{1} << 32, (std::int64_t{1} << 32) + 1, std::int64_t{0x7FFFFFFFFFFFFFFF}}) {
         for (int i = 0; i < 1000; ++i) {
             const auto x = engram::numpy::integers(gen, high);
             REQUIRE(x >= 0);
@@ -82,7 +82,8 @@ TEST_CASE("integers edge cases", "[numpy]") {
 
 TEST_CASE("seed entropy is split into little-endian 32-bit words", "[numpy]") {
     const std::uint32_t words[] = {5u, 1u}; // 2^32 + 5
-    CHECK(engram::numpy::seed_sequence_state(words, 4) == engram::numpy::seed_sequence_state((uint128{1} << 32) + 5, 4));
+    CHECK(engram::numpy::seed_sequence_state(words, 4) ==
+          engram::numpy::seed_sequence_state((uint128{1} << 32) + 5, 4));
     const std::uint32_t zero[] = {0u};
     CHECK(engram::numpy::seed_sequence_state(zero, 2) == engram::numpy::seed_sequence_state(uint128{0}, 2));
 }

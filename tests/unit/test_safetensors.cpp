@@ -8,8 +8,8 @@
 #include <sys/stat.h>     // for chmod
 #include <unistd.h>       // for geteuid
 
-#include <csignal>    // for signal, SIGXFSZ
 #include <cmath>      // for isnan, isinf, signbit, ldexp
+#include <csignal>    // for signal, SIGXFSZ
 #include <cstddef>    // for byte, size_t
 #include <cstdint>    // for int64_t, uint16_t, ...
 #include <cstdlib>    // for mkdtemp
@@ -90,9 +90,9 @@ std::vector<std::byte> byte_pattern(std::size_t n, unsigned seed) {
 TEST_CASE("dtype names, sizes and parsing", "[safetensors]") {
     using engram::dtype;
     const std::pair<dtype, const char*> names[] = {
-        {dtype::f64, "F64"}, {dtype::f32, "F32"},   {dtype::f16, "F16"},         {dtype::bf16, "BF16"},
-        {dtype::i64, "I64"}, {dtype::i32, "I32"},   {dtype::i16, "I16"},         {dtype::i8, "I8"},
-        {dtype::u8, "U8"},   {dtype::u16, "U16"},   {dtype::u32, "U32"},         {dtype::u64, "U64"},
+        {dtype::f64, "F64"},      {dtype::f32, "F32"},         {dtype::f16, "F16"},        {dtype::bf16, "BF16"},
+        {dtype::i64, "I64"},      {dtype::i32, "I32"},         {dtype::i16, "I16"},        {dtype::i8, "I8"},
+        {dtype::u8, "U8"},        {dtype::u16, "U16"},         {dtype::u32, "U32"},        {dtype::u64, "U64"},
         {dtype::boolean, "BOOL"}, {dtype::f8_e4m3, "F8_E4M3"}, {dtype::f8_e5m2, "F8_E5M2"}};
     for (const auto& [d, n] : names) {
         CHECK(engram::dtype_name(d) == n);
@@ -197,7 +197,7 @@ TEST_CASE("f16 and bf16 conversion", "[safetensors]") {
         CHECK(engram::f16_to_float(0xc000) == -2.0f);
         CHECK(engram::f16_to_float(0x3e00) == 1.5f);
         CHECK(engram::f16_to_float(0x3555) == 0.333251953125f);
-        CHECK(engram::f16_to_float(0x7bff) == 65504.0f);        // largest finite
+        CHECK(engram::f16_to_float(0x7bff) == 65504.0f);              // largest finite
         CHECK(engram::f16_to_float(0x0400) == std::ldexp(1.0f, -14)); // smallest normal
         CHECK(engram::f16_to_float(0x0001) == std::ldexp(1.0f, -24)); // smallest subnormal
         CHECK(engram::f16_to_float(0x0200) == std::ldexp(1.0f, -15));
@@ -243,7 +243,8 @@ TEST_CASE("f16 and bf16 conversion", "[safetensors]") {
         const auto hd = f.at("h").to_vector<double>();
         CHECK(hd[2] == std::ldexp(1.0, -24));
         const auto b = f.at("b").to_vector<float>();
-        CHECK(b == std::vector<float>{1.0f, 3.140625f, std::ldexp(1.0f, -133), -std::numeric_limits<float>::infinity()});
+        CHECK(b ==
+              std::vector<float>{1.0f, 3.140625f, std::ldexp(1.0f, -133), -std::numeric_limits<float>::infinity()});
         // Zero-copy access has no F16 type: as<float>() must refuse, naming both dtypes.
         const std::string msg = message_of<engram::format_error>([&] { (void)f.at("h").as<float>(); });
         CHECK(contains_text(msg, "'h'"));
@@ -255,8 +256,8 @@ TEST_CASE("f16 and bf16 conversion", "[safetensors]") {
 
 TEST_CASE("writer -> reader round trip for every dtype", "[safetensors]") {
     using engram::dtype;
-    const dtype all[] = {dtype::f64, dtype::f32, dtype::f16, dtype::bf16, dtype::i64,
-                         dtype::i32, dtype::i16, dtype::i8,  dtype::u8,   dtype::u16,
+    const dtype all[] = {dtype::f64, dtype::f32, dtype::f16,     dtype::bf16,    dtype::i64,
+                         dtype::i32, dtype::i16, dtype::i8,      dtype::u8,      dtype::u16,
                          dtype::u32, dtype::u64, dtype::boolean, dtype::f8_e4m3, dtype::f8_e5m2};
     engram::safetensors_writer w;
     std::vector<std::vector<std::byte>> payloads;
@@ -390,7 +391,8 @@ TEST_CASE("typed writer overloads and conversions", "[safetensors]") {
 
 TEST_CASE("as<T>() refuses misaligned data and invalid bools; to_vector copies", "[safetensors]") {
     // Header of 13 bytes: the data buffer starts at offset 21, so an I64 there is misaligned.
-    std::string header = R"({"x":{"dtype":"I64","shape":[2],"data_offsets":[0,16]},"b":{"dtype":"BOOL","shape":[2],"data_offsets":[16,18]}})";
+    std::string header =
+        R"({"x":{"dtype":"I64","shape":[2],"data_offsets":[0,16]},"b":{"dtype":"BOOL","shape":[2],"data_offsets":[16,18]}})";
     while ((8 + header.size()) % 8 != 5) header += ' ';
     auto bytes = image(header, 18);
     const std::int64_t values[] = {-5, 1234567890123};
@@ -471,33 +473,60 @@ TEST_CASE("malformed input is rejected with a specific format_error", "[safetens
         {"metadata non-string value", image(R"({"__metadata__":{"n":3}})"), "value for key 'n'"},
         {"entry not object", image(entry("[1]")), "tensor 't': entry is a JSON array"},
         {"missing dtype", image(entry(R"({"shape":[1],"data_offsets":[0,1]})"), 1), "field 'dtype' is missing"},
-        {"dtype not string", image(entry(R"({"dtype":7,"shape":[1],"data_offsets":[0,1]})"), 1), "field 'dtype' is a JSON number"},
-        {"unknown dtype", image(entry(R"({"dtype":"F128","shape":[1],"data_offsets":[0,16]})"), 16), "unknown dtype 'F128'"},
+        {"dtype not string", image(entry(R"({"dtype":7,"shape":[1],"data_offsets":[0,1]})"), 1),
+         "field 'dtype' is a JSON number"},
+        {"unknown dtype", image(entry(R"({"dtype":"F128","shape":[1],"data_offsets":[0,16]})"), 16),
+         "unknown dtype 'F128'"},
         {"missing shape", image(entry(R"({"dtype":"U8","data_offsets":[0,1]})"), 1), "field 'shape' is missing"},
-        {"shape not array", image(entry(R"({"dtype":"U8","shape":3,"data_offsets":[0,3]})"), 3), "field 'shape' is a JSON number"},
-        {"negative dim", image(entry(R"({"dtype":"U8","shape":[2,-1],"data_offsets":[0,0]})")), "shape[1] = -1 is negative"},
-        {"float dim", image(entry(R"({"dtype":"U8","shape":[1.5],"data_offsets":[0,1]})"), 1), "shape[0] = 1.5 is not an integer"},
-        {"string dim", image(entry(R"({"dtype":"U8","shape":["1"],"data_offsets":[0,1]})"), 1), "shape[0] is a JSON string"},
-        {"dim above 2^63", image(entry(R"({"dtype":"U8","shape":[9223372036854775808],"data_offsets":[0,1]})"), 1), "exceeds 2^63 - 1"},
-        {"dim beyond u64", image(entry(R"({"dtype":"U8","shape":[18446744073709551616],"data_offsets":[0,1]})"), 1), "not an integer"},
-        {"dims overflow", image(entry(R"({"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]})")), "overflows"},
-        {"bytes overflow", image(entry(R"({"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,0]})")), "overflows"},
+        {"shape not array", image(entry(R"({"dtype":"U8","shape":3,"data_offsets":[0,3]})"), 3),
+         "field 'shape' is a JSON number"},
+        {"negative dim", image(entry(R"({"dtype":"U8","shape":[2,-1],"data_offsets":[0,0]})")),
+         "shape[1] = -1 is negative"},
+        {"float dim", image(entry(R"({"dtype":"U8","shape":[1.5],"data_offsets":[0,1]})"), 1),
+         "shape[0] = 1.5 is not an integer"},
+        {"string dim", image(entry(R"({"dtype":"U8","shape":["1"],"data_offsets":[0,1]})"), 1),
+         "shape[0] is a JSON string"},
+        {"dim above 2^63", image(entry(R"({"dtype":"U8","shape":[9223372036854775808],"data_offsets":[0,1]})"), 1),
+         "exceeds 2^63 - 1"},
+        {"dim beyond u64", image(entry(R"({"dtype":"U8","shape":[18446744073709551616],"data_offsets":[0,1]})"), 1),
+         "not an integer"},
+        {"dims overflow", image(entry(R"({"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]})")),
+         "overflows"},
+        {"bytes overflow", image(entry(R"({"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,0]})")),
+         "overflows"},
         {"missing offsets", image(entry(R"({"dtype":"U8","shape":[1]})"), 1), "field 'data_offsets' is missing"},
-        {"offsets wrong length", image(entry(R"({"dtype":"U8","shape":[1],"data_offsets":[0,1,2]})"), 2), "expected [begin, end]"},
-        {"offsets not array", image(entry(R"({"dtype":"U8","shape":[1],"data_offsets":{"a":1}})"), 2), "expected [begin, end]"},
-        {"negative offset", image(entry(R"({"dtype":"U8","shape":[1],"data_offsets":[-1,0]})"), 2), "data_offsets[0] = -1 is negative"},
-        {"float offset", image(entry(R"({"dtype":"U8","shape":[1],"data_offsets":[0,1.0]})"), 2), "data_offsets[1] = 1.0 is not an integer"},
+        {"offsets wrong length", image(entry(R"({"dtype":"U8","shape":[1],"data_offsets":[0,1,2]})"), 2),
+         "expected [begin, end]"},
+        {"offsets not array", image(entry(R"({"dtype":"U8","shape":[1],"data_offsets":{"a":1}})"), 2),
+         "expected [begin, end]"},
+        {"negative offset", image(entry(R"({"dtype":"U8","shape":[1],"data_offsets":[-1,0]})"), 2),
+         "data_offsets[0] = -1 is negative"},
+        {"float offset", image(entry(R"({"dtype":"U8","shape":[1],"data_offsets":[0,1.0]})"), 2),
+         "data_offsets[1] = 1.0 is not an integer"},
         {"begin > end", image(entry(R"({"dtype":"U8","shape":[0],"data_offsets":[2,1]})"), 2), "begin > end"},
-        {"offsets out of range", image(entry(R"({"dtype":"U8","shape":[4],"data_offsets":[0,4]})"), 3), "exceed the data buffer of 3 bytes"},
+        {"offsets out of range", image(entry(R"({"dtype":"U8","shape":[4],"data_offsets":[0,4]})"), 3),
+         "exceed the data buffer of 3 bytes"},
         {"size mismatch", image(entry(R"({"dtype":"F32","shape":[2],"data_offsets":[0,4]})"), 4), "needs 8 bytes"},
-        {"overlap", image(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[2],"data_offsets":[3,5]}})", 5), "overlap"},
-        {"contained overlap", image(R"({"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]},"b":{"dtype":"U8","shape":[2],"data_offsets":[4,6]}})", 8), "tensors 'a' [0, 8) and 'b' [4, 6) overlap"},
-        {"same range", image(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"I16","shape":[1],"data_offsets":[0,2]}})", 2), "overlap"},
+        {"overlap",
+         image(
+             R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[2],"data_offsets":[3,5]}})",
+             5),
+         "overlap"},
+        {"contained overlap",
+         image(
+             R"({"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]},"b":{"dtype":"U8","shape":[2],"data_offsets":[4,6]}})",
+             8),
+         "tensors 'a' [0, 8) and 'b' [4, 6) overlap"},
+        {"same range",
+         image(
+             R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"I16","shape":[1],"data_offsets":[0,2]}})",
+             2),
+         "overlap"},
     };
     for (const auto& c : cases) {
         INFO(c.label);
-        const std::string msg = message_of<engram::format_error>(
-            [&] { (void)engram::safetensors_file::from_bytes(c.bytes); });
+        const std::string msg =
+            message_of<engram::format_error>([&] { (void)engram::safetensors_file::from_bytes(c.bytes); });
         INFO(msg);
         CHECK(contains_text(msg, c.fragment));
         CHECK(contains_text(msg, "safetensors buffer"));
@@ -515,24 +544,27 @@ TEST_CASE("truncated files are rejected at every cut", "[safetensors]") {
     const std::size_t data_start = 8 + static_cast<std::size_t>(header_len);
 
     const std::pair<std::size_t, const char*> cuts[] = {
-        {0, "shorter than the 8-byte"},     {3, "shorter than the 8-byte"},
-        {7, "shorter than the 8-byte"},     {8, "exceeds"},
-        {8 + header_len / 2, "exceeds"},    {data_start - 1, "exceeds"},
-        {data_start, "exceed the data buffer"}, {data_start + 1, "exceed the data buffer"},
+        {0, "shorter than the 8-byte"},
+        {3, "shorter than the 8-byte"},
+        {7, "shorter than the 8-byte"},
+        {8, "exceeds"},
+        {8 + header_len / 2, "exceeds"},
+        {data_start - 1, "exceeds"},
+        {data_start, "exceed the data buffer"},
+        {data_start + 1, "exceed the data buffer"},
         {full.size() - 1, "exceed the data buffer"},
     };
     temp_dir dir;
     for (const auto& [size, fragment] : cuts) {
         INFO("cut at " << size);
         std::vector<std::byte> cut(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(size));
-        const std::string msg = message_of<engram::format_error>(
-            [&] { (void)engram::safetensors_file::from_bytes(cut); });
+        const std::string msg =
+            message_of<engram::format_error>([&] { (void)engram::safetensors_file::from_bytes(cut); });
         CHECK(contains_text(msg, fragment));
         // The same through open(): the message names the file.
         const fs::path p = dir.path / ("cut" + std::to_string(size) + ".safetensors");
         write_file(p, cut);
-        const std::string file_msg = message_of<engram::format_error>(
-            [&] { (void)engram::safetensors_file::open(p); });
+        const std::string file_msg = message_of<engram::format_error>([&] { (void)engram::safetensors_file::open(p); });
         CHECK(contains_text(file_msg, fragment));
         CHECK(contains_text(file_msg, p.string()));
     }
@@ -548,8 +580,7 @@ TEST_CASE("open() reports operating-system failures as io_error", "[safetensors]
         CHECK(contains_text(msg, "No such file"));
     }
     SECTION("directory") {
-        const std::string msg =
-            message_of<engram::io_error>([&] { (void)engram::safetensors_file::open(dir.path); });
+        const std::string msg = message_of<engram::io_error>([&] { (void)engram::safetensors_file::open(dir.path); });
         CHECK(contains_text(msg, "is a directory"));
         CHECK(contains_text(msg, dir.path.string()));
     }
@@ -596,11 +627,11 @@ TEST_CASE("writer validates its input with config_error", "[safetensors]") {
     const std::string size = message_of<engram::config_error>([&] { w.add("y", {5}, four); });
     CHECK(contains_text(size, "data is 16 bytes"));
     CHECK(contains_text(size, "needs 20"));
-    const std::string neg = message_of<engram::config_error>(
-        [&] { w.add("z", engram::dtype::u8, {-1}, {}); });
+    const std::string neg = message_of<engram::config_error>([&] { w.add("z", engram::dtype::u8, {-1}, {}); });
     CHECK(contains_text(neg, "negative"));
-    const std::string over = message_of<engram::config_error>(
-        [&] { w.add("o", engram::dtype::f64, {std::int64_t{1} << 62, 4}, {}); });
+    const std::string over = message_of<engram::config_error>([&] {
+        w.add("o", engram::dtype::f64, {std::int64_t{1} << 62, 4}, {});
+    });
     CHECK(contains_text(over, "overflow"));
     REQUIRE_THROWS_AS(w.add("__metadata__", {4}, four), engram::config_error);
     REQUIRE_THROWS_AS(w.add(std::string("bad\xff"), {4}, four), engram::config_error);

@@ -46,7 +46,8 @@ TEST_CASE("gather f32: memory vectors are the rows concatenated in head order", 
     for (std::size_t bt = 0; bt < batch * seq; ++bt)
         for (std::size_t h = 0; h < heads; ++h)
             for (std::size_t c = 0; c < dim; ++c)
-                REQUIRE(out[bt * heads * dim + h * dim + c] == table.row(static_cast<std::size_t>(ids[bt * heads + h]))[c]);
+                REQUIRE(out[bt * heads * dim + h * dim + c] ==
+                        table.row(static_cast<std::size_t>(ids[bt * heads + h]))[c]);
 }
 
 TEST_CASE("gather bf16 widens to float exactly", "[gather]") {
@@ -83,11 +84,14 @@ TEST_CASE("bfloat16 rounds to nearest even like PyTorch", "[gather]") {
 TEST_CASE("gather errors: bad row ids and sizes, nothing written", "[gather]") {
     engram::dense_storage::table<float> table(10, 4);
     std::vector<float> out(8, -1.0f);
-    CHECK_THROWS_AS(engram::gather(table, std::span<const engram::row_id>(std::vector<engram::row_id>{1, 10}), std::span<float>(out)),
+    CHECK_THROWS_AS(engram::gather(table, std::span<const engram::row_id>(std::vector<engram::row_id>{1, 10}),
+                                   std::span<float>(out)),
                     engram::input_error);
-    CHECK_THROWS_AS(engram::gather(table, std::span<const engram::row_id>(std::vector<engram::row_id>{-1, 0}), std::span<float>(out)),
+    CHECK_THROWS_AS(engram::gather(table, std::span<const engram::row_id>(std::vector<engram::row_id>{-1, 0}),
+                                   std::span<float>(out)),
                     engram::input_error);
     CHECK(out[0] == -1.0f);
-    CHECK_THROWS_AS(engram::gather(table, std::span<const engram::row_id>(std::vector<engram::row_id>{1}), std::span<float>(out)),
-                    engram::input_error);
+    CHECK_THROWS_AS(
+        engram::gather(table, std::span<const engram::row_id>(std::vector<engram::row_id>{1}), std::span<float>(out)),
+        engram::input_error);
 }

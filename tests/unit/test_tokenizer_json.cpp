@@ -62,12 +62,11 @@ bool contains(const std::string& haystack, std::string_view needle) {
 }
 
 /// A minimal byte-level BPE tokenizer.json around the given JSON fragments.
-std::string
-tokenizer_json(const std::string& vocab, const std::string& added = "[]",
-               const std::string& model_type = R"("BPE")",
-               const std::string& decoder = R"({"type": "ByteLevel", "add_prefix_space": false})") {
-    return R"({"version": "1.0", "added_tokens": )" + added + R"(, "decoder": )" + decoder +
-           R"(, "model": {"type": )" + model_type + R"(, "vocab": )" + vocab + R"(, "merges": []}})";
+std::string tokenizer_json(const std::string& vocab, const std::string& added = "[]",
+                           const std::string& model_type = R"("BPE")",
+                           const std::string& decoder = R"({"type": "ByteLevel", "add_prefix_space": false})") {
+    return R"({"version": "1.0", "added_tokens": )" + added + R"(, "decoder": )" + decoder + R"(, "model": {"type": )" +
+           model_type + R"(, "vocab": )" + vocab + R"(, "merges": []}})";
 }
 
 std::vector<token_id> table_of(const std::string& json_text) {
@@ -84,8 +83,7 @@ std::string read_text(const fs::path& file) {
 
 /// `${ENGRAM_TOKENIZER_CACHE}/<package>/package/models/tokenizer.json`, or "" (after a WARN) when absent.
 fs::path cached_tokenizer(const std::string& package) {
-    const fs::path file =
-        fs::path(ENGRAM_TOKENIZER_CACHE) / package / "package" / "models" / "tokenizer.json";
+    const fs::path file = fs::path(ENGRAM_TOKENIZER_CACHE) / package / "package" / "models" / "tokenizer.json";
     std::error_code ec;
     if (!fs::is_regular_file(file, ec)) {
         WARN("skipped: " << file.string()
@@ -105,8 +103,7 @@ std::vector<std::string> token_strings(const fs::path& file) {
         out[id] = s;
     };
     for (const auto& [token, id] : doc.at("model").at("vocab").items()) put(id.get<std::size_t>(), token);
-    for (const auto& entry : doc.at("added_tokens"))
-        put(entry.at("id").get<std::size_t>(), entry.at("content"));
+    for (const auto& entry : doc.at("added_tokens")) put(entry.at("id").get<std::size_t>(), entry.at("content"));
     return out;
 }
 
@@ -147,8 +144,7 @@ TEST_CASE("decode_byte_level maps the GPT-2 alphabet back to bytes", "[tokenizer
         CHECK(decode_byte_level(to_byte_level("\xC0\xAF")) == "\xEF\xBF\xBD\xEF\xBF\xBD"); // overlong
     }
     SECTION("a character outside the alphabet keeps the token's own bytes") {
-        CHECK(decode_byte_level("<\xEF\xBD\x9CUser\xEF\xBD\x9C>") ==
-              "<\xEF\xBD\x9CUser\xEF\xBD\x9C>");  // "<｜User｜>"
+        CHECK(decode_byte_level("<\xEF\xBD\x9CUser\xEF\xBD\x9C>") == "<\xEF\xBD\x9CUser\xEF\xBD\x9C>"); // "<｜User｜>"
         CHECK(decode_byte_level("a b") == "a b"); // a raw space is not in the alphabet
         CHECK(decode_byte_level("\xC3\xA9\n") == "\xC3\xA9\n");
     }
@@ -164,12 +160,11 @@ TEST_CASE("canonical_key normalises text (spec section 1, steps 2 and 3)", "[tok
         CHECK(key("Hello") == "hello");
         CHECK(key(" Hello") == "hello"); // the leading space is stripped
         CHECK(key("HELLO\n") == "hello");
-        CHECK(key("\xCE\xA3\xCE\x91\xCE\xA3") ==
-              "\xCF\x83\xCE\xB1\xCF\x83");        // "ΣΑΣ" -> "σασ": no final sigma
-        CHECK(key("\xE1\xBA\x9E") == "\xC3\x9F"); // "ẞ" -> "ß"
-        CHECK(key("\xC4\xB0") == "i");            // "İ": NFD splits off the dot
-        CHECK(key("\xE2\x84\xA6") == "\xCF\x89"); // ohm sign -> "ω"
-        CHECK(key("\xC7\x85") == "dz");           // titlecase "ǅ": NFKD + no caron
+        CHECK(key("\xCE\xA3\xCE\x91\xCE\xA3") == "\xCF\x83\xCE\xB1\xCF\x83"); // "ΣΑΣ" -> "σασ": no final sigma
+        CHECK(key("\xE1\xBA\x9E") == "\xC3\x9F");                             // "ẞ" -> "ß"
+        CHECK(key("\xC4\xB0") == "i");                                        // "İ": NFD splits off the dot
+        CHECK(key("\xE2\x84\xA6") == "\xCF\x89");                             // ohm sign -> "ω"
+        CHECK(key("\xC7\x85") == "dz");                                       // titlecase "ǅ": NFKD + no caron
     }
     SECTION("compatibility forms and accents") {
         CHECK(key("\xC3\xA9") == "e");  // "é" precomposed
@@ -266,9 +261,7 @@ TEST_CASE("canonical tables of small synthetic tokenizers", "[tokenizer_json]") 
 TEST_CASE("bad tokenizer.json input is reported, not undefined", "[tokenizer_json]") {
     using engram::format_error;
     using engram::unsupported_error;
-    const auto load = [](const std::string& text) {
-        return engram::canonical_table_from_tokenizer_json_text(text);
-    };
+    const auto load = [](const std::string& text) { return engram::canonical_table_from_tokenizer_json_text(text); };
     const auto format_message = [&](const std::string& text) {
         return thrown_message<format_error>([&] { load(text); });
     };
@@ -276,24 +269,21 @@ TEST_CASE("bad tokenizer.json input is reported, not undefined", "[tokenizer_jso
     SECTION("not JSON") {
         REQUIRE_THROWS_AS(load("not json"), format_error);
         REQUIRE_THROWS_AS(load(""), format_error);
-        REQUIRE_THROWS_AS(load(tokenizer_json(R"({"a": 0})").substr(0, 40)), format_error); // truncated
-        REQUIRE_THROWS_AS(load(tokenizer_json("{\"\xC3\": 0}")), format_error);    // ill-formed UTF-8
-        REQUIRE_THROWS_AS(load(tokenizer_json(R"({"\ud800": 0})")), format_error); // lone surrogate
+        REQUIRE_THROWS_AS(load(tokenizer_json(R"({"a": 0})").substr(0, 40)), format_error);         // truncated
+        REQUIRE_THROWS_AS(load(tokenizer_json("{\"\xC3\": 0}")), format_error);                     // ill-formed UTF-8
+        REQUIRE_THROWS_AS(load(tokenizer_json(R"({"\ud800": 0})")), format_error);                  // lone surrogate
         REQUIRE_THROWS_AS(load(std::string(100000, '[') + std::string(100000, ']')), format_error); // deep
     }
     SECTION("missing or ill-typed fields name the field") {
         CHECK(contains(format_message("[]"), "top level"));
         CHECK(contains(format_message(R"({"decoder": {"type": "ByteLevel"}})"), "model"));
-        CHECK(contains(format_message(R"({"decoder": {"type": "ByteLevel"}, "model": {"type": "BPE"}})"),
-                       "model.vocab"));
+        CHECK(
+            contains(format_message(R"({"decoder": {"type": "ByteLevel"}, "model": {"type": "BPE"}})"), "model.vocab"));
         CHECK(contains(format_message(tokenizer_json(R"(["a", "b"])")), "model.vocab"));
-        CHECK(contains(format_message(R"({"decoder": {"type": "ByteLevel"}, "model": {"vocab": {}}})"),
-                       "model.type"));
+        CHECK(contains(format_message(R"({"decoder": {"type": "ByteLevel"}, "model": {"vocab": {}}})"), "model.type"));
         CHECK(contains(format_message(tokenizer_json(R"({"a": 0})", R"({"id": 1})")), "added_tokens"));
-        CHECK(contains(format_message(tokenizer_json(R"({"a": 0})", R"([{"id": 1}])")),
-                       "added_tokens[0].content"));
-        CHECK(contains(format_message(tokenizer_json(R"({"a": 0})", R"([{"content": "x"}])")),
-                       "added_tokens[0].id"));
+        CHECK(contains(format_message(tokenizer_json(R"({"a": 0})", R"([{"id": 1}])")), "added_tokens[0].content"));
+        CHECK(contains(format_message(tokenizer_json(R"({"a": 0})", R"([{"content": "x"}])")), "added_tokens[0].id"));
         CHECK(contains(format_message(tokenizer_json(R"({"a": 0})", R"([7])")), "added_tokens[0]"));
         CHECK(contains(format_message(tokenizer_json("{}")), "empty"));
     }
@@ -301,21 +291,18 @@ TEST_CASE("bad tokenizer.json input is reported, not undefined", "[tokenizer_jso
         const std::string negative = format_message(tokenizer_json(R"({"a": 0, "b": -1})"));
         CHECK(contains(negative, "negative"));
         CHECK(contains(negative, "model.vocab[\"b\"]"));
-        REQUIRE_THROWS_AS(load(tokenizer_json(R"({"a": 0})", R"([{"id": -5, "content": "x"}])")),
-                          format_error);
+        REQUIRE_THROWS_AS(load(tokenizer_json(R"({"a": 0})", R"([{"id": -5, "content": "x"}])")), format_error);
         CHECK(contains(format_message(tokenizer_json(R"({"a": 1.5})")), "not an integer"));
         CHECK(contains(format_message(tokenizer_json(R"({"a": 1.0})")), "not an integer"));
         CHECK(contains(format_message(tokenizer_json(R"({"a": "1"})")), "string"));
         CHECK(contains(format_message(tokenizer_json(R"({"a": null})")), "null"));
-        CHECK(
-            contains(format_message(tokenizer_json(R"({"a": 100000000000000000000000})")), "not an integer"));
+        CHECK(contains(format_message(tokenizer_json(R"({"a": 100000000000000000000000})")), "not an integer"));
         CHECK(contains(format_message(tokenizer_json(R"({"a": 18446744073709551615})")), "too large"));
         const std::string cap = std::to_string(engram::tokenizer::max_vocab_size);
         CHECK(contains(format_message(tokenizer_json(R"({"a": )" + cap + "}")), "too large"));
         // The largest id allowed would need a 2^24 table: only check that the message is the cap's.
-        CHECK(contains(
-            format_message(tokenizer_json(R"({"a": 0})", R"([{"id": )" + cap + R"(, "content": "x"}])")),
-            "added_tokens[0].id"));
+        CHECK(contains(format_message(tokenizer_json(R"({"a": 0})", R"([{"id": )" + cap + R"(, "content": "x"}])")),
+                       "added_tokens[0].id"));
     }
     SECTION("tokenizers that are not byte-level BPE are unsupported") {
         const auto unsupported = [&](const std::string& text) {
@@ -323,26 +310,21 @@ TEST_CASE("bad tokenizer.json input is reported, not undefined", "[tokenizer_jso
         };
         REQUIRE_THROWS_AS(load(tokenizer_json(R"({"a": 0})", "[]", R"("WordPiece")")), unsupported_error);
         CHECK(contains(unsupported(tokenizer_json(R"({"a": 0})", "[]", R"("Unigram")")), "Unigram"));
-        CHECK(
-            contains(unsupported(tokenizer_json(R"({"a": 0})", "[]", R"("BPE")", R"({"type": "WordPiece"})")),
-                     "WordPiece"));
-        CHECK(contains(
-            unsupported(tokenizer_json(R"({"a": 0})", "[]", R"("BPE")",
-                                       R"({"type": "Sequence", "decoders": [{"type": "ByteLevel"}]})")),
-            "Sequence"));
+        CHECK(contains(unsupported(tokenizer_json(R"({"a": 0})", "[]", R"("BPE")", R"({"type": "WordPiece"})")),
+                       "WordPiece"));
+        CHECK(contains(unsupported(tokenizer_json(R"({"a": 0})", "[]", R"("BPE")",
+                                                  R"({"type": "Sequence", "decoders": [{"type": "ByteLevel"}]})")),
+                       "Sequence"));
         REQUIRE_THROWS_AS(load(tokenizer_json(R"({"a": 0})", "[]", R"("BPE")", "null")), unsupported_error);
-        CHECK(
-            contains(unsupported(R"({"model": {"type": "BPE", "vocab": {"a": 0}}})"), "decoder is missing"));
-        CHECK(
-            contains(format_message(tokenizer_json(R"({"a": 0})", "[]", R"("BPE")", "{}")), "decoder.type"));
+        CHECK(contains(unsupported(R"({"model": {"type": "BPE", "vocab": {"a": 0}}})"), "decoder is missing"));
+        CHECK(contains(format_message(tokenizer_json(R"({"a": 0})", "[]", R"("BPE")", "{}")), "decoder.type"));
     }
     SECTION("files that cannot be read are io_errors naming the path") {
         const fs::path missing = fs::temp_directory_path() / "engram_no_such_dir" / "tokenizer.json";
         const std::string message =
             thrown_message<engram::io_error>([&] { engram::canonical_table_from_tokenizer_json(missing); });
         CHECK(contains(message, missing.string()));
-        REQUIRE_THROWS_AS(engram::canonical_table_from_tokenizer_json(fs::temp_directory_path()),
-                          engram::io_error);
+        REQUIRE_THROWS_AS(engram::canonical_table_from_tokenizer_json(fs::temp_directory_path()), engram::io_error);
     }
     SECTION("errors in a file name the file") {
         const fs::path file = fs::temp_directory_path() / "engram_test_tokenizer_bad.json";
@@ -381,8 +363,8 @@ TEST_CASE("Qwen3 tokenizer.json reproduces the golden table", "[tokenizer_json][
         if (ours[t] == golden[t]) continue;
         if (++mismatches > 10) continue;
         if (tokens.empty()) tokens = token_strings(file);
-        report << "id " << t << " token \"" << (t < tokens.size() ? tokens[t] : "?") << "\": golden "
-               << golden[t] << ", ours " << ours[t] << "\n";
+        report << "id " << t << " token \"" << (t < tokens.size() ? tokens[t] : "?") << "\": golden " << golden[t]
+               << ", ours " << ours[t] << "\n";
     }
     report << mismatches << " mismatching ids (at most 10 shown)";
     INFO(report.str());

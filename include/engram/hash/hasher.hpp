@@ -116,12 +116,13 @@ public:
 private:
     static layer_layout check(layer_layout layout) {
         if (layout.orders.size() != Orders::count)
-            throw config_error("layout has " + std::to_string(layout.orders.size()) + " orders, the hasher's orders<...> has " +
-                               std::to_string(Orders::count));
+            throw config_error("layout has " + std::to_string(layout.orders.size()) +
+                               " orders, the hasher's orders<...> has " + std::to_string(Orders::count));
         for (std::size_t i = 0; i < Orders::count; ++i)
             if (layout.orders[i] != Orders::values[i])
-                throw config_error("layout order " + std::to_string(layout.orders[i]) + " at index " + std::to_string(i) +
-                                   " differs from orders<...> (" + std::to_string(Orders::values[i]) + ")");
+                throw config_error("layout order " + std::to_string(layout.orders[i]) + " at index " +
+                                   std::to_string(i) + " differs from orders<...> (" +
+                                   std::to_string(Orders::values[i]) + ")");
         if (layout.num_heads() == 0 || layout.heads_per_order < 1 ||
             layout.num_heads() != Orders::count * static_cast<std::size_t>(layout.heads_per_order) ||
             layout.offsets.size() != layout.num_heads())
@@ -144,7 +145,8 @@ private:
     }
 
     template <int N>
-    ENGRAM_ALWAYS_INLINE void hash_order(const token_id* window, std::int64_t* out, std::size_t first_head) const noexcept {
+    ENGRAM_ALWAYS_INLINE void hash_order(const token_id* window, std::int64_t* out,
+                                         std::size_t first_head) const noexcept {
         const auto mix = family_.template mix<N>(window);
         const auto k = static_cast<std::size_t>(layout_.heads_per_order);
         for (std::size_t j = 0; j < k; ++j) out[j] = family_.reduce(mix, first_head + j);
@@ -155,11 +157,11 @@ private:
         const std::size_t tokens = detail::checked_mul(batch, seq_len, "hash input [B, T]");
         const std::size_t heads = num_heads();
         if (canonical.size() != tokens)
-            throw input_error("hash: input has " + std::to_string(canonical.size()) + " ids, expected B x T = " +
-                              std::to_string(batch) + " x " + std::to_string(seq_len));
+            throw input_error("hash: input has " + std::to_string(canonical.size()) +
+                              " ids, expected B x T = " + std::to_string(batch) + " x " + std::to_string(seq_len));
         if (out.size() != detail::checked_mul(tokens, heads, "hash output [B, T, heads]"))
-            throw input_error("hash: output has " + std::to_string(out.size()) + " slots, expected B x T x heads = " +
-                              std::to_string(tokens * heads));
+            throw input_error("hash: output has " + std::to_string(out.size()) +
+                              " slots, expected B x T x heads = " + std::to_string(tokens * heads));
         check_ids(canonical);
         for (std::size_t b = 0; b < batch; ++b) {
             window_type window = empty_window();

@@ -65,8 +65,8 @@ struct hash_config {
     void validate() const {
         auto fail = [](const std::string& what) { throw config_error("config: " + what); };
         if (max_ngram < 2 || max_ngram > max_supported_ngram)
-            fail("max_ngram = " + std::to_string(max_ngram) + " must be in [2, " +
-                 std::to_string(max_supported_ngram) + "]");
+            fail("max_ngram = " + std::to_string(max_ngram) + " must be in [2, " + std::to_string(max_supported_ngram) +
+                 "]");
         if (!orders.empty()) {
             for (std::size_t i = 0; i < orders.size(); ++i) {
                 if (orders[i] < 2 || (i > 0 && orders[i] <= orders[i - 1]))
@@ -74,8 +74,8 @@ struct hash_config {
                          "] = " + std::to_string(orders[i]) + ")");
             }
             if (orders.back() != max_ngram)
-                fail("the last of orders (" + std::to_string(orders.back()) + ") must equal max_ngram = " +
-                     std::to_string(max_ngram));
+                fail("the last of orders (" + std::to_string(orders.back()) +
+                     ") must equal max_ngram = " + std::to_string(max_ngram));
         }
         const std::size_t n_orders = order_list().size();
         if (table_size_per_ngram.size() != n_orders)
@@ -87,14 +87,14 @@ struct hash_config {
                      " must be in [1, 2^50]");
         if (heads_per_ngram < 1 || heads_per_ngram > 4096)
             fail("heads_per_ngram = " + std::to_string(heads_per_ngram) + " must be in [1, 4096]");
-        if (embed_per_ngram < 1)
-            fail("embed_per_ngram = " + std::to_string(embed_per_ngram) + " must be positive");
+        if (embed_per_ngram < 1) fail("embed_per_ngram = " + std::to_string(embed_per_ngram) + " must be positive");
         if (embed_per_ngram % heads_per_ngram != 0)
-            fail("embed_per_ngram = " + std::to_string(embed_per_ngram) + " is not divisible by heads_per_ngram = " +
-                 std::to_string(heads_per_ngram));
+            fail("embed_per_ngram = " + std::to_string(embed_per_ngram) +
+                 " is not divisible by heads_per_ngram = " + std::to_string(heads_per_ngram));
         if (layer_ids.empty()) fail("layer_ids is empty");
         for (std::size_t i = 0; i < layer_ids.size(); ++i) {
-            if (layer_ids[i] < 0) fail("layer_ids[" + std::to_string(i) + "] = " + std::to_string(layer_ids[i]) + " is negative");
+            if (layer_ids[i] < 0)
+                fail("layer_ids[" + std::to_string(i) + "] = " + std::to_string(layer_ids[i]) + " is negative");
             if (std::find(layer_ids.begin(), layer_ids.begin() + static_cast<std::ptrdiff_t>(i), layer_ids[i]) !=
                 layer_ids.begin() + static_cast<std::ptrdiff_t>(i))
                 fail("layer_ids lists layer " + std::to_string(layer_ids[i]) + " twice");
@@ -107,16 +107,16 @@ struct hash_config {
 /// @brief Everything the hash and the row lookup of one layer need, fixed at construction.
 struct layer_layout {
     std::int64_t layer_id = 0;
-    std::vector<int> orders;                 ///< n of each order, ascending
-    int heads_per_order = 0;                 ///< K
-    std::int64_t head_dim = 0;               ///< d
-    std::vector<std::int64_t> multipliers;   ///< m_0..m_{N-1}
-    std::vector<std::int64_t> primes;        ///< table size of head h = order_index * K + j
-    std::vector<std::int64_t> offsets;       ///< first row of head h in the layer's table
-    std::int64_t total_rows = 0;             ///< sum of primes
-    token_id vocab_size = 0;                 ///< V': canonical ids are in [0, V')
-    token_id pad = 0;                        ///< canonical pad id
-    std::int64_t seed = 0;                   ///< the configuration's seed (for seeded families)
+    std::vector<int> orders;               ///< n of each order, ascending
+    int heads_per_order = 0;               ///< K
+    std::int64_t head_dim = 0;             ///< d
+    std::vector<std::int64_t> multipliers; ///< m_0..m_{N-1}
+    std::vector<std::int64_t> primes;      ///< table size of head h = order_index * K + j
+    std::vector<std::int64_t> offsets;     ///< first row of head h in the layer's table
+    std::int64_t total_rows = 0;           ///< sum of primes
+    token_id vocab_size = 0;               ///< V': canonical ids are in [0, V')
+    token_id pad = 0;                      ///< canonical pad id
+    std::int64_t seed = 0;                 ///< the configuration's seed (for seeded families)
 
     [[nodiscard]] std::size_t num_heads() const noexcept { return primes.size(); }
     [[nodiscard]] int max_order() const noexcept { return orders.empty() ? 0 : orders.back(); }
@@ -134,8 +134,8 @@ inline std::vector<std::int64_t> reference_multipliers(std::int64_t seed, std::i
                            ") must be non-negative");
     constexpr std::int64_t max_long = std::numeric_limits<std::int64_t>::max();
     const std::int64_t half_bound = std::max<std::int64_t>(1, (max_long / canonical_vocab_size) / 2);
-    const auto layer_seed = static_cast<numpy::uint128>(seed) + static_cast<numpy::uint128>(10007) *
-                                                                    static_cast<numpy::uint128>(layer_id);
+    const auto layer_seed =
+        static_cast<numpy::uint128>(seed) + static_cast<numpy::uint128>(10007) * static_cast<numpy::uint128>(layer_id);
     std::vector<std::int64_t> r = numpy::integers(layer_seed, half_bound, static_cast<std::size_t>(max_ngram));
     for (auto& v : r) v = 2 * v + 1;
     return r;
@@ -143,16 +143,17 @@ inline std::vector<std::int64_t> reference_multipliers(std::int64_t seed, std::i
 
 /// @brief Checks that multipliers cannot overflow the hash: m >= 1 and m * V' < 2^63, so that
 ///        every product of a canonical id and a multiplier fits in int64.
-inline void validate_multipliers(std::span<const std::int64_t> multipliers, int max_ngram, token_id canonical_vocab_size) {
+inline void validate_multipliers(std::span<const std::int64_t> multipliers, int max_ngram,
+                                 token_id canonical_vocab_size) {
     if (multipliers.size() != static_cast<std::size_t>(max_ngram))
-        throw config_error("multipliers: " + std::to_string(multipliers.size()) + " given, expected max_ngram = " +
-                           std::to_string(max_ngram));
+        throw config_error("multipliers: " + std::to_string(multipliers.size()) +
+                           " given, expected max_ngram = " + std::to_string(max_ngram));
     const std::int64_t limit = std::numeric_limits<std::int64_t>::max() / canonical_vocab_size;
     for (std::size_t k = 0; k < multipliers.size(); ++k)
         if (multipliers[k] < 1 || multipliers[k] > limit)
             throw config_error("multipliers[" + std::to_string(k) + "] = " + std::to_string(multipliers[k]) +
-                               " must be in [1, " + std::to_string(limit) + "] so that multiplier x V' (V' = " +
-                               std::to_string(canonical_vocab_size) + ") < 2^63");
+                               " must be in [1, " + std::to_string(limit) +
+                               "] so that multiplier x V' (V' = " + std::to_string(canonical_vocab_size) + ") < 2^63");
 }
 
 /// @brief Builds the layout of every layer in `cfg.layer_ids`, in order: distinct primes across
@@ -206,8 +207,7 @@ inline std::vector<layer_layout> make_layouts(const hash_config& cfg, token_id c
 inline layer_layout make_layout(const hash_config& cfg, std::int64_t layer_id, token_id canonical_vocab_size,
                                 token_id canonical_pad) {
     auto it = std::find(cfg.layer_ids.begin(), cfg.layer_ids.end(), layer_id);
-    if (it == cfg.layer_ids.end())
-        throw config_error("layer_id " + std::to_string(layer_id) + " is not in layer_ids");
+    if (it == cfg.layer_ids.end()) throw config_error("layer_id " + std::to_string(layer_id) + " is not in layer_ids");
     auto all = make_layouts(cfg, canonical_vocab_size, canonical_pad);
     return std::move(all[static_cast<std::size_t>(it - cfg.layer_ids.begin())]);
 }

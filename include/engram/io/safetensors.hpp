@@ -46,19 +46,23 @@ inline std::size_t dtype_size(dtype type) noexcept {
     switch (type) {
     case dtype::f64:
     case dtype::i64:
-    case dtype::u64: return 8;
+    case dtype::u64:
+        return 8;
     case dtype::f32:
     case dtype::i32:
-    case dtype::u32: return 4;
+    case dtype::u32:
+        return 4;
     case dtype::f16:
     case dtype::bf16:
     case dtype::i16:
-    case dtype::u16: return 2;
+    case dtype::u16:
+        return 2;
     case dtype::i8:
     case dtype::u8:
     case dtype::boolean:
     case dtype::f8_e4m3:
-    case dtype::f8_e5m2: return 1;
+    case dtype::f8_e5m2:
+        return 1;
     }
     return 0; // not reached for a valid enumerator
 }
@@ -66,31 +70,45 @@ inline std::size_t dtype_size(dtype type) noexcept {
 /// @brief The safetensors spelling of `type`: "F64", "F32", ..., "BOOL", "F8_E4M3", "F8_E5M2".
 inline std::string_view dtype_name(dtype type) noexcept {
     switch (type) {
-    case dtype::f64: return "F64";
-    case dtype::f32: return "F32";
-    case dtype::f16: return "F16";
-    case dtype::bf16: return "BF16";
-    case dtype::i64: return "I64";
-    case dtype::i32: return "I32";
-    case dtype::i16: return "I16";
-    case dtype::i8: return "I8";
-    case dtype::u8: return "U8";
-    case dtype::u16: return "U16";
-    case dtype::u32: return "U32";
-    case dtype::u64: return "U64";
-    case dtype::boolean: return "BOOL";
-    case dtype::f8_e4m3: return "F8_E4M3";
-    case dtype::f8_e5m2: return "F8_E5M2";
+    case dtype::f64:
+        return "F64";
+    case dtype::f32:
+        return "F32";
+    case dtype::f16:
+        return "F16";
+    case dtype::bf16:
+        return "BF16";
+    case dtype::i64:
+        return "I64";
+    case dtype::i32:
+        return "I32";
+    case dtype::i16:
+        return "I16";
+    case dtype::i8:
+        return "I8";
+    case dtype::u8:
+        return "U8";
+    case dtype::u16:
+        return "U16";
+    case dtype::u32:
+        return "U32";
+    case dtype::u64:
+        return "U64";
+    case dtype::boolean:
+        return "BOOL";
+    case dtype::f8_e4m3:
+        return "F8_E4M3";
+    case dtype::f8_e5m2:
+        return "F8_E5M2";
     }
     return "INVALID";
 }
 
 namespace detail {
 
-inline constexpr dtype all_dtypes[] = {dtype::f64, dtype::f32,  dtype::f16,     dtype::bf16,
-                                       dtype::i64, dtype::i32,  dtype::i16,     dtype::i8,
-                                       dtype::u8,  dtype::u16,  dtype::u32,     dtype::u64,
-                                       dtype::boolean, dtype::f8_e4m3, dtype::f8_e5m2};
+inline constexpr dtype all_dtypes[] = {dtype::f64, dtype::f32, dtype::f16,     dtype::bf16,    dtype::i64,
+                                       dtype::i32, dtype::i16, dtype::i8,      dtype::u8,      dtype::u16,
+                                       dtype::u32, dtype::u64, dtype::boolean, dtype::f8_e4m3, dtype::f8_e5m2};
 
 /// Non-throwing parse used by the reader, which adds the file and tensor to the message.
 inline bool try_parse_dtype(std::string_view text, dtype& out) noexcept {
@@ -130,36 +148,43 @@ inline std::string shape_string(std::span<const std::int64_t> shape) {
 /// Integers map by width and signedness (so `long long` and `long` both mean I64 on LP64);
 /// plain `char` and the character types are excluded because their meaning is text, not numbers.
 template <class T>
-constexpr bool is_char_like_v =
-    std::is_same_v<T, char> || std::is_same_v<T, wchar_t> || std::is_same_v<T, char8_t> ||
-    std::is_same_v<T, char16_t> || std::is_same_v<T, char32_t>;
+constexpr bool is_char_like_v = std::is_same_v<T, char> || std::is_same_v<T, wchar_t> || std::is_same_v<T, char8_t> ||
+                                std::is_same_v<T, char16_t> || std::is_same_v<T, char32_t>;
 
 template <class T>
-constexpr bool has_dtype_v =
-    std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bool> ||
-    (std::is_integral_v<T> && !is_char_like_v<T> && (sizeof(T) == 1 || sizeof(T) == 2 ||
-                                                      sizeof(T) == 4 || sizeof(T) == 8));
+constexpr bool has_dtype_v = std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bool> ||
+                             (std::is_integral_v<T> && !is_char_like_v<T> &&
+                              (sizeof(T) == 1 || sizeof(T) == 2 || sizeof(T) == 4 || sizeof(T) == 8));
 
 template <class T>
 constexpr dtype dtype_of() noexcept {
     static_assert(has_dtype_v<T>, "this type has no safetensors dtype (use float, double, bool or a "
                                   "fixed-width integer; char types are rejected)");
-    if constexpr (std::is_same_v<T, float>) return dtype::f32;
-    else if constexpr (std::is_same_v<T, double>) return dtype::f64;
+    if constexpr (std::is_same_v<T, float>)
+        return dtype::f32;
+    else if constexpr (std::is_same_v<T, double>)
+        return dtype::f64;
     else if constexpr (std::is_same_v<T, bool>) {
         static_assert(sizeof(bool) == 1, "BOOL tensors need a one-byte bool");
         return dtype::boolean;
-    }
-    else if constexpr (std::is_signed_v<T>) {
-        if constexpr (sizeof(T) == 1) return dtype::i8;
-        else if constexpr (sizeof(T) == 2) return dtype::i16;
-        else if constexpr (sizeof(T) == 4) return dtype::i32;
-        else return dtype::i64;
+    } else if constexpr (std::is_signed_v<T>) {
+        if constexpr (sizeof(T) == 1)
+            return dtype::i8;
+        else if constexpr (sizeof(T) == 2)
+            return dtype::i16;
+        else if constexpr (sizeof(T) == 4)
+            return dtype::i32;
+        else
+            return dtype::i64;
     } else {
-        if constexpr (sizeof(T) == 1) return dtype::u8;
-        else if constexpr (sizeof(T) == 2) return dtype::u16;
-        else if constexpr (sizeof(T) == 4) return dtype::u32;
-        else return dtype::u64;
+        if constexpr (sizeof(T) == 1)
+            return dtype::u8;
+        else if constexpr (sizeof(T) == 2)
+            return dtype::u16;
+        else if constexpr (sizeof(T) == 4)
+            return dtype::u32;
+        else
+            return dtype::u64;
     }
 }
 
@@ -279,8 +304,12 @@ struct tensor_view {
         std::vector<T> out;
         if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
             switch (type) {
-            case dtype::f32: convert<float, T>(out, n); return out;
-            case dtype::f64: convert<double, T>(out, n); return out;
+            case dtype::f32:
+                convert<float, T>(out, n);
+                return out;
+            case dtype::f64:
+                convert<double, T>(out, n);
+                return out;
             case dtype::f16:
                 check_size(2);
                 out.resize(n);
@@ -293,30 +322,46 @@ struct tensor_view {
                 for (std::size_t i = 0; i < n; ++i)
                     out[i] = static_cast<T>(bf16_to_float(detail::load<std::uint16_t>(bytes.data() + 2 * i)));
                 return out;
-            default: throw mismatch(wanted, "to_vector");
+            default:
+                throw mismatch(wanted, "to_vector");
             }
         } else if constexpr (wanted == dtype::i64) {
             switch (type) {
-            case dtype::i64: convert<std::int64_t, T>(out, n); return out;
-            case dtype::i32: convert<std::int32_t, T>(out, n); return out;
-            case dtype::i16: convert<std::int16_t, T>(out, n); return out;
-            case dtype::i8: convert<std::int8_t, T>(out, n); return out;
-            case dtype::u8: convert<std::uint8_t, T>(out, n); return out;
-            case dtype::u16: convert<std::uint16_t, T>(out, n); return out;
-            case dtype::u32: convert<std::uint32_t, T>(out, n); return out;
+            case dtype::i64:
+                convert<std::int64_t, T>(out, n);
+                return out;
+            case dtype::i32:
+                convert<std::int32_t, T>(out, n);
+                return out;
+            case dtype::i16:
+                convert<std::int16_t, T>(out, n);
+                return out;
+            case dtype::i8:
+                convert<std::int8_t, T>(out, n);
+                return out;
+            case dtype::u8:
+                convert<std::uint8_t, T>(out, n);
+                return out;
+            case dtype::u16:
+                convert<std::uint16_t, T>(out, n);
+                return out;
+            case dtype::u32:
+                convert<std::uint32_t, T>(out, n);
+                return out;
             case dtype::u64: {
                 check_size(8);
                 out.resize(n);
                 for (std::size_t i = 0; i < n; ++i) {
                     const auto v = detail::load<std::uint64_t>(bytes.data() + 8 * i);
                     if (v > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
-                        throw format_error("tensor '" + name + "' (U64): element " + std::to_string(i) +
-                                           " = " + std::to_string(v) + " exceeds INT64_MAX");
+                        throw format_error("tensor '" + name + "' (U64): element " + std::to_string(i) + " = " +
+                                           std::to_string(v) + " exceeds INT64_MAX");
                     out[i] = static_cast<T>(v);
                 }
                 return out;
             }
-            default: throw mismatch(wanted, "to_vector");
+            default:
+                throw mismatch(wanted, "to_vector");
             }
         } else if constexpr (std::is_same_v<T, bool>) {
             if (type != dtype::boolean) throw mismatch(wanted, "to_vector");
@@ -333,8 +378,8 @@ struct tensor_view {
 
 private:
     format_error mismatch(dtype wanted, const char* what) const {
-        return format_error("tensor '" + name + "' has dtype " + std::string(dtype_name(type)) + ", but " +
-                            what + "<T>() wants " + std::string(dtype_name(wanted)));
+        return format_error("tensor '" + name + "' has dtype " + std::string(dtype_name(type)) + ", but " + what +
+                            "<T>() wants " + std::string(dtype_name(wanted)));
     }
 
     // Guards views built by hand: the byte count must match the shape.
@@ -342,9 +387,8 @@ private:
         std::uint64_t n = 0, total = 0;
         if (!detail::checked_numel(shape, n) || __builtin_mul_overflow(n, element_size, &total) ||
             total != bytes.size())
-            throw format_error("tensor '" + name + "': " + std::to_string(bytes.size()) +
-                               " bytes do not match shape " + detail::shape_string(shape) + " of " +
-                               std::string(dtype_name(type)));
+            throw format_error("tensor '" + name + "': " + std::to_string(bytes.size()) + " bytes do not match shape " +
+                               detail::shape_string(shape) + " of " + std::string(dtype_name(type)));
     }
 
     void check_bool_bytes() const {
@@ -382,8 +426,7 @@ inline std::uint64_t json_index(const nlohmann::json& value, const std::string& 
     }
     if (value.is_number_integer()) // signed storage: nlohmann parses only negatives that way
         throw format_error(context + " = " + json_excerpt(value) + " is negative");
-    if (value.is_number_float())
-        throw format_error(context + " = " + json_excerpt(value) + " is not an integer");
+    if (value.is_number_float()) throw format_error(context + " = " + json_excerpt(value) + " is not an integer");
     throw format_error(context + " is a JSON " + value.type_name() + ", expected an integer");
 }
 
@@ -391,8 +434,7 @@ inline void parse_safetensors(std::span<const std::byte> file, const std::string
                               std::map<std::string, std::string>& metadata, std::vector<tensor_view>& tensors) {
     const std::string size_text = std::to_string(file.size());
     if (file.size() < 8)
-        throw format_error(where + ": file is " + size_text +
-                           " bytes, shorter than the 8-byte header length field");
+        throw format_error(where + ": file is " + size_text + " bytes, shorter than the 8-byte header length field");
     std::uint64_t header_len = 0;
     for (int i = 7; i >= 0; --i)
         header_len = (header_len << 8) | static_cast<std::uint64_t>(file[static_cast<std::size_t>(i)]);
@@ -402,8 +444,8 @@ inline void parse_safetensors(std::span<const std::byte> file, const std::string
                            std::to_string(safetensors_max_header_bytes) + "-byte limit");
     if (header_len > file.size() - 8)
         throw format_error(where + ": header length " + std::to_string(header_len) + " exceeds the " +
-                           std::to_string(file.size() - 8) + " bytes after the length field (file size " +
-                           size_text + "); the file is truncated or not safetensors");
+                           std::to_string(file.size() - 8) + " bytes after the length field (file size " + size_text +
+                           "); the file is truncated or not safetensors");
 
     const char* text = reinterpret_cast<const char*>(file.data() + 8);
     // nlohmann/json stops at a NUL as if the input ended, so "{}\0<junk>" would pass; JSON text
@@ -418,8 +460,7 @@ inline void parse_safetensors(std::span<const std::byte> file, const std::string
         throw format_error(where + ": header is not valid JSON: " + e.what());
     }
     if (!header.is_object())
-        throw format_error(where + ": header is a JSON " + std::string(header.type_name()) +
-                           ", expected an object");
+        throw format_error(where + ": header is a JSON " + std::string(header.type_name()) + ", expected an object");
 
     const std::span<const std::byte> data = file.subspan(8 + static_cast<std::size_t>(header_len));
     struct placed {
@@ -469,8 +510,8 @@ inline void parse_safetensors(std::span<const std::byte> file, const std::string
         std::vector<std::int64_t> shape;
         shape.reserve(shape_json.size());
         for (std::size_t i = 0; i < shape_json.size(); ++i)
-            shape.push_back(static_cast<std::int64_t>(
-                json_index(shape_json[i], ctx + ": shape[" + std::to_string(i) + "]")));
+            shape.push_back(
+                static_cast<std::int64_t>(json_index(shape_json[i], ctx + ": shape[" + std::to_string(i) + "]")));
 
         const nlohmann::json& offsets_json = field("data_offsets");
         if (!offsets_json.is_array() || offsets_json.size() != 2)
@@ -492,13 +533,13 @@ inline void parse_safetensors(std::span<const std::byte> file, const std::string
                                " overflows 64-bit byte count");
         if (nbytes != end - begin)
             throw format_error(ctx + ": shape " + shape_string(shape) + " of " + dtype_text + " needs " +
-                               std::to_string(nbytes) + " bytes, but data_offsets [" + std::to_string(begin) +
-                               ", " + std::to_string(end) + "] hold " + std::to_string(end - begin));
+                               std::to_string(nbytes) + " bytes, but data_offsets [" + std::to_string(begin) + ", " +
+                               std::to_string(end) + "] hold " + std::to_string(end - begin));
 
-        found.push_back({begin, end,
-                         tensor_view{key, type, std::move(shape),
-                                     data.subspan(static_cast<std::size_t>(begin),
-                                                  static_cast<std::size_t>(end - begin))}});
+        found.push_back(
+            {begin, end,
+             tensor_view{key, type, std::move(shape),
+                         data.subspan(static_cast<std::size_t>(begin), static_cast<std::size_t>(end - begin))}});
     }
 
     std::sort(found.begin(), found.end(), [](const placed& a, const placed& b) {
@@ -579,8 +620,7 @@ public:
     static safetensors_file open(const std::filesystem::path& path) {
         const std::string shown = "'" + path.string() + "'";
         detail::fd_closer fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
-        if (fd.fd < 0)
-            throw io_error("safetensors: cannot open " + shown + ": " + detail::errno_text(errno));
+        if (fd.fd < 0) throw io_error("safetensors: cannot open " + shown + ": " + detail::errno_text(errno));
         struct stat st {};
         if (::fstat(fd.fd, &st) != 0)
             throw io_error("safetensors: cannot stat " + shown + ": " + detail::errno_text(errno));
@@ -637,9 +677,9 @@ public:
     /// @throws format_error "missing tensor 'name'", with the file's path when known.
     const tensor_view& at(std::string_view name) const {
         if (const tensor_view* t = find(name)) return *t;
-        throw format_error((path_.empty() ? std::string("safetensors buffer")
-                                          : "safetensors file '" + path_.string() + "'") +
-                           ": missing tensor " + detail::quoted_excerpt(name, 256));
+        throw format_error(
+            (path_.empty() ? std::string("safetensors buffer") : "safetensors file '" + path_.string() + "'") +
+            ": missing tensor " + detail::quoted_excerpt(name, 256));
     }
 
     /// @brief Every tensor, ordered by data offset (ties: by name).
@@ -718,8 +758,8 @@ public:
             throw config_error(ctx + ": shape " + detail::shape_string(shape) + " overflows 64-bit byte count");
         if (nbytes != data.size())
             throw config_error(ctx + ": data is " + std::to_string(data.size()) + " bytes, but shape " +
-                               detail::shape_string(shape) + " of " + std::string(dtype_name(type)) +
-                               " needs " + std::to_string(nbytes));
+                               detail::shape_string(shape) + " of " + std::string(dtype_name(type)) + " needs " +
+                               std::to_string(nbytes));
         names_.emplace(name, entries_.size());
         entries_.push_back({std::move(name), type, std::move(shape), {data.begin(), data.end()}});
     }
@@ -782,8 +822,7 @@ public:
     void write(const std::filesystem::path& out) const {
         const layout plan = make_layout();
         const std::string target = out.string();
-        if (!out.has_filename())
-            throw io_error("safetensors writer: output path '" + target + "' has no file name");
+        if (!out.has_filename()) throw io_error("safetensors writer: output path '" + target + "' has no file name");
         const std::filesystem::path dir = out.has_parent_path() ? out.parent_path() : std::filesystem::path(".");
         std::string tmp = (dir / ("." + out.filename().string() + ".tmp.XXXXXX")).string();
         detail::fd_closer fd{::mkstemp(tmp.data())};

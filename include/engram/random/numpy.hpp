@@ -21,8 +21,7 @@ using uint128 = detail::uint128;
 
 /// @brief `numpy.random.SeedSequence(entropy).generate_state(n_words, uint64)`.
 /// @param entropy the seed as 32-bit little-endian words (at least one word; `[0]` for seed 0).
-inline std::vector<std::uint64_t> seed_sequence_state(std::span<const std::uint32_t> entropy,
-                                                      std::size_t n_words) {
+inline std::vector<std::uint64_t> seed_sequence_state(std::span<const std::uint32_t> entropy, std::size_t n_words) {
     constexpr std::uint32_t init_a = 0x43b0d7e5u, mult_a = 0x931e8875u;
     constexpr std::uint32_t init_b = 0x8b51f9ddu, mult_b = 0x58f38dedu;
     constexpr std::uint32_t mix_mult_l = 0xca01f9ddu, mix_mult_r = 0x4973f715u;
@@ -77,16 +76,14 @@ inline std::vector<std::uint64_t> seed_sequence_state(uint128 seed, std::size_t 
 /// @brief NumPy's PCG64 bit generator (XSL-RR 128/64), including its buffered 32-bit draws.
 class pcg64 {
 public:
-    static constexpr uint128 multiplier =
-        (static_cast<uint128>(0x2360ED051FC65DA4ull) << 64) | 0x4385DF649FCCF645ull;
+    static constexpr uint128 multiplier = (static_cast<uint128>(0x2360ED051FC65DA4ull) << 64) | 0x4385DF649FCCF645ull;
 
     /// Seeds like `numpy.random.PCG64(seed)`: from `SeedSequence(seed).generate_state(4, uint64)`.
     explicit pcg64(uint128 seed) : pcg64(seed_sequence_state(seed, 4)) {}
 
     /// Seeds from four words `w`: initstate = w0:w1, initseq = w2:w3.
     explicit pcg64(std::span<const std::uint64_t> words) {
-        if (words.size() != 4)
-            throw config_error("pcg64: expected 4 seed words, got " + std::to_string(words.size()));
+        if (words.size() != 4) throw config_error("pcg64: expected 4 seed words, got " + std::to_string(words.size()));
         const uint128 initstate = (static_cast<uint128>(words[0]) << 64) | words[1];
         const uint128 initseq = (static_cast<uint128>(words[2]) << 64) | words[3];
         inc_ = (initseq << 1) | 1u;

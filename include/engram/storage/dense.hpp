@@ -40,13 +40,13 @@ struct dense_storage {
             std::size_t bytes = 0;
             if (__builtin_mul_overflow(rows, dim, &bytes) || __builtin_mul_overflow(bytes, sizeof(V), &bytes) ||
                 bytes > (std::size_t{1} << 46))
-                throw config_error("dense table: " + std::to_string(rows) + " x " + std::to_string(dim) + " rows are too large");
+                throw config_error("dense table: " + std::to_string(rows) + " x " + std::to_string(dim) +
+                                   " rows are too large");
             bytes_ = bytes;
             const bool huge = bytes >= huge_page;
             map_bytes_ = huge ? bytes + huge_page : bytes;
             void* p = ::mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-            if (p == MAP_FAILED)
-                throw io_error("dense table: cannot allocate " + std::to_string(bytes) + " bytes");
+            if (p == MAP_FAILED) throw io_error("dense table: cannot allocate " + std::to_string(bytes) + " bytes");
             map_ = p;
             auto addr = reinterpret_cast<std::uintptr_t>(p);
             if (huge) {

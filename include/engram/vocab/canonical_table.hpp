@@ -32,8 +32,8 @@ public:
         token_id max_id = -1;
         for (std::size_t t = 0; t < lookup.size(); ++t) {
             if (lookup[t] < 0)
-                throw config_error("canonical table: lookup[" + std::to_string(t) + "] = " +
-                                   std::to_string(lookup[t]) + " is negative");
+                throw config_error("canonical table: lookup[" + std::to_string(t) + "] = " + std::to_string(lookup[t]) +
+                                   " is negative");
             if (lookup[t] > max_id) max_id = lookup[t];
         }
         if (static_cast<std::size_t>(max_id) >= lookup.size())
@@ -45,8 +45,7 @@ public:
         for (std::size_t c = 0; c < seen.size(); ++c)
             if (!seen[c])
                 throw config_error("canonical table: canonical id " + std::to_string(c) +
-                                   " is never produced (ids must be dense in [0, " +
-                                   std::to_string(max_id + 1) + "))");
+                                   " is never produced (ids must be dense in [0, " + std::to_string(max_id + 1) + "))");
         canonical_table table;
         table.size_ = max_id + 1;
         table.lookup_ = std::move(lookup);
@@ -92,8 +91,8 @@ public:
     /// @throws input_error naming the first position whose id is outside `[0, V)`.
     void map(std::span<const token_id> raw, std::span<token_id> out) const {
         if (out.size() != raw.size())
-            throw input_error("canonical table: output size " + std::to_string(out.size()) +
-                              " != input size " + std::to_string(raw.size()));
+            throw input_error("canonical table: output size " + std::to_string(out.size()) + " != input size " +
+                              std::to_string(raw.size()));
         const auto v = static_cast<std::uint64_t>(lookup_.size());
         for (std::size_t i = 0; i < raw.size(); ++i) {
             // One unsigned compare rejects both negative and too-large ids.

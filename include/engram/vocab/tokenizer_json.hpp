@@ -149,8 +149,7 @@ inline std::string utf8_lossy(std::string_view bytes) {
 /// Unicode's White_Space property (what Rust's char::is_whitespace tests).
 constexpr bool is_white_space(char32_t c) noexcept {
     return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
-           c == 0x3000;
+           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
 /// Computes normalisation keys, reusing its buffers from one token to the next.
@@ -204,16 +203,14 @@ private:
     /// canonical decomposition of that is NFKD(x) again, which is already canonically ordered.
     /// Returns false if `text` is not well-formed UTF-8.
     bool decompose(std::string_view text) {
-        constexpr auto options =
-            static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT);
+        constexpr auto options = static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT);
         const auto* data = reinterpret_cast<const utf8proc_uint8_t*>(text.data());
         const auto length = static_cast<utf8proc_ssize_t>(text.size());
         // Most text decomposes into at most one code point per byte; retry once if not.
         if (decomposed_.size() < text.size() + 1) decomposed_.resize(text.size() + 1);
         for (int attempt = 0; attempt < 2; ++attempt) {
             const auto capacity = static_cast<utf8proc_ssize_t>(decomposed_.size());
-            const utf8proc_ssize_t n =
-                utf8proc_decompose(data, length, decomposed_.data(), capacity, options);
+            const utf8proc_ssize_t n = utf8proc_decompose(data, length, decomposed_.data(), capacity, options);
             if (n == UTF8PROC_ERROR_INVALIDUTF8) return false;
             if (n < 0) throw error(std::string("Unicode normalisation failed: ") + utf8proc_errmsg(n));
             if (n <= capacity) {
@@ -272,8 +269,7 @@ inline std::string decode_byte_level(std::string_view token) {
     bytes.reserve(token.size());
     for (std::size_t i = 0; i < token.size();) {
         const auto step = detail::tokenizer_json::next_utf8(token, i);
-        if (!step.valid || step.code_point >= byte_level.code_points ||
-            byte_level.byte_of[step.code_point] < 0)
+        if (!step.valid || step.code_point >= byte_level.code_points || byte_level.byte_of[step.code_point] < 0)
             return detail::tokenizer_json::utf8_lossy(token);
         bytes.push_back(static_cast<char>(static_cast<unsigned char>(byte_level.byte_of[step.code_point])));
         i += step.length;
@@ -303,10 +299,14 @@ using json = nlohmann::json;
 
 inline const char* describe(json::value_t type) noexcept {
     switch (type) {
-    case json::value_t::object: return "an object";
-    case json::value_t::array: return "an array";
-    case json::value_t::string: return "a string";
-    default: return "a value of another type";
+    case json::value_t::object:
+        return "an object";
+    case json::value_t::array:
+        return "an array";
+    case json::value_t::string:
+        return "a string";
+    default:
+        return "a value of another type";
     }
 }
 
@@ -316,24 +316,22 @@ inline const json& field(const json& object, const char* key, json::value_t type
     const auto it = object.find(key);
     if (it == object.end()) throw format_error(source + ": missing field " + where);
     if (it->type() != type)
-        throw format_error(source + ": field " + where + " is " + it->type_name() + ", expected " +
-                           describe(type));
+        throw format_error(source + ": field " + where + " is " + it->type_name() + ", expected " + describe(type));
     return *it;
 }
 
 /// A token id from the file: a JSON integer in [0, max_vocab_size).
 inline std::size_t token_index(const json& value, const std::string& where, const std::string& source) {
     if (!value.is_number_integer())
-        throw format_error(
-            source + ": " + where + " is " +
-            (value.is_number() ? std::string("not an integer") : std::string(value.type_name())) +
-            ", expected a non-negative integer token id");
+        throw format_error(source + ": " + where + " is " +
+                           (value.is_number() ? std::string("not an integer") : std::string(value.type_name())) +
+                           ", expected a non-negative integer token id");
     if (value.is_number_unsigned()) {
         const auto id = value.get<std::uint64_t>();
         if (id >= tokenizer::max_vocab_size)
             throw format_error(source + ": " + where + " = " + std::to_string(id) +
-                               " is too large (token ids must be below " +
-                               std::to_string(tokenizer::max_vocab_size) + ")");
+                               " is too large (token ids must be below " + std::to_string(tokenizer::max_vocab_size) +
+                               ")");
         return static_cast<std::size_t>(id);
     }
     const auto id = value.get<std::int64_t>();
@@ -343,8 +341,7 @@ inline std::size_t token_index(const json& value, const std::string& where, cons
 
 /// The canonical table of a parsed tokenizer.json; `source` names the input in messages.
 inline canonical_table build_table(const json& doc, const std::string& source) {
-    if (!doc.is_object())
-        throw format_error(source + ": the top level is " + doc.type_name() + ", expected an object");
+    if (!doc.is_object()) throw format_error(source + ": the top level is " + doc.type_name() + ", expected an object");
 
     const json& model = field(doc, "model", json::value_t::object, "model", source);
     const auto& model_type =
@@ -365,9 +362,8 @@ inline canonical_table build_table(const json& doc, const std::string& source) {
         field(*decoder, "type", json::value_t::string, "decoder.type", source).get_ref<const std::string&>();
     // A Sequence decoder is rejected even if it only wraps ByteLevel: keep the accepted form simple.
     if (decoder_type != "ByteLevel")
-        throw unsupported_error(
-            source + ": decoder type " + quote_for_message(decoder_type) +
-            " is not supported; only byte-level BPE tokenizers (decoder \"ByteLevel\") are");
+        throw unsupported_error(source + ": decoder type " + quote_for_message(decoder_type) +
+                                " is not supported; only byte-level BPE tokenizers (decoder \"ByteLevel\") are");
 
     const auto& vocab =
         field(model, "vocab", json::value_t::object, "model.vocab", source).get_ref<const json::object_t&>();
@@ -393,8 +389,7 @@ inline canonical_table build_table(const json& doc, const std::string& source) {
             const json& entry = (*added)[i];
             const std::string where = "added_tokens[" + std::to_string(i) + "]";
             if (!entry.is_object())
-                throw format_error(source + ": " + where + " is " + entry.type_name() +
-                                   ", expected an object");
+                throw format_error(source + ": " + where + " is " + entry.type_name() + ", expected an object");
             const auto id = entry.find("id");
             if (id == entry.end()) throw format_error(source + ": missing field " + where + ".id");
             const std::size_t t = token_index(*id, where + ".id", source);
@@ -476,8 +471,7 @@ inline canonical_table canonical_table_from_tokenizer_json(const std::filesystem
     if (!std::filesystem::is_regular_file(status))
         throw io_error("cannot read tokenizer.json " + name + ": not a regular file");
     std::ifstream in(file, std::ios::binary);
-    if (!in)
-        throw io_error("cannot open tokenizer.json " + name + ": " + std::generic_category().message(errno));
+    if (!in) throw io_error("cannot open tokenizer.json " + name + ": " + std::generic_category().message(errno));
     std::string text;
     std::array<char, 1 << 16> chunk;
     while (in.read(chunk.data(), chunk.size()) || in.gcount() > 0)
