@@ -1,6 +1,8 @@
 // engram hash: the reference row ids of every configured layer of a case file.
 #include "cli.hpp"
 
+#include <engram/io/vocab_io.hpp>
+
 #include <iostream>
 
 namespace engram_cli {
@@ -19,7 +21,7 @@ int cmd_hash(const std::vector<std::string>& argv) {
     const auto file = engram::safetensors_file::open(a.positional[0]);
     const auto config_json = read_config(file);
     const auto cfg = engram::hash_config_from_json(config_json);
-    const auto vocab = engram::canonical_table::from_lookup(read_ids(file, "lookup", 1));
+    const auto vocab = engram::load_canonical_table(file);
     const auto raw = read_ids(file, "input_ids", 2);
     const auto& shape = file.at("input_ids").shape;
     const auto batch = static_cast<std::size_t>(shape[0]);

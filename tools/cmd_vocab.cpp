@@ -1,6 +1,7 @@
 // engram compress-vocab: the canonical table of a Hugging Face tokenizer.json.
 #include "cli.hpp"
 
+#include <engram/io/vocab_io.hpp>
 #include <engram/vocab/tokenizer_json.hpp>
 
 #include <iostream>
@@ -18,11 +19,7 @@ int cmd_compress_vocab(const std::vector<std::string>& argv) {
     }
     a.expect(1, true, usage);
     const auto table = engram::canonical_table_from_tokenizer_json(a.positional[0]);
-    engram::safetensors_writer writer;
-    writer.add("lookup", {static_cast<std::int64_t>(table.vocab_size())}, table.lookup());
-    writer.set_metadata("canonical_vocab_size", std::to_string(table.canonical_size()));
-    writer.set_metadata("vocab_size", std::to_string(table.vocab_size()));
-    writer.write(*a.output);
+    engram::save_canonical_table(table, *a.output);
     std::cout << "vocabulary " << table.vocab_size() << " -> " << table.canonical_size() << " canonical ids ("
               << 100.0 * (1.0 - static_cast<double>(table.canonical_size()) / static_cast<double>(table.vocab_size()))
               << "% fewer); wrote " << *a.output << '\n';
