@@ -86,5 +86,6 @@ inline std::vector<std::int64_t> read_ids(const engram::safetensors_file& file, 
 int cmd_compress_vocab(const std::vector<std::string>& argv);
 int cmd_hash(const std::vector<std::string>& argv);
 int cmd_inspect(const std::vector<std::string>& argv);
+int cmd_forward(const std::vector<std::string>& argv);
 
 } // namespace engram_cli

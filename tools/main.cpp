@@ -14,6 +14,8 @@ constexpr const char* usage_text =
     "commands:\n"
     "  compress-vocab TOKENIZER_JSON -o OUT.safetensors   canonical vocabulary of a byte-level BPE tokenizer\n"
     "  hash CASE.safetensors -o OUT.safetensors           row ids of every configured layer (reference hash)\n"
+    "  forward CASE.safetensors -o OUT.safetensors [--stream]\n"
+    "                                                     run the Engram layer of a forward case\n"
     "  inspect FILE                                       readable summary of a case, table or checkpoint file\n"
     "  version                                            print the engram version\n"
     "\n"
@@ -39,6 +41,7 @@ int main(int argc, char** argv) {
         if (command == "compress-vocab") return engram_cli::cmd_compress_vocab(args);
         if (command == "hash") return engram_cli::cmd_hash(args);
         if (command == "inspect") return engram_cli::cmd_inspect(args);
+        if (command == "forward") return engram_cli::cmd_forward(args);
         if (command == "version" || command == "--version") {
             std::cout << "engram " << ENGRAM_VERSION_MAJOR << '.' << ENGRAM_VERSION_MINOR << '.' << ENGRAM_VERSION_PATCH
                       << '\n';

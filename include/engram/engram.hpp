@@ -12,6 +12,7 @@
 #include <engram/hash/multiply_xor.hpp>
 #include <engram/hash/primes.hpp>
 #include <engram/hash/xxh3.hpp>
+#include <engram/ngram/decode_state.hpp>
 #include <engram/ngram/dispatch.hpp>
 #include <engram/ngram/orders.hpp>
 #include <engram/random/numpy.hpp>

@@ -7,6 +7,7 @@
 
 #include <sys/wait.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -68,10 +69,12 @@ void expect_failure(const result& r, const std::string& fragment, const fs::path
 }
 
 /// The golden hash case with some tensors or the config replaced, written to `name`.
-fs::path mutated_case(const std::string& name,
-                      const std::function<void(engram::safetensors_writer&, const engram::tensor_view&)>& per_tensor,
-                      const std::string& config) {
-    const auto golden = engram::safetensors_file::open(data("hash_reference_default.safetensors"));
+using tensor_edit = std::function<void(engram::safetensors_writer&, const engram::tensor_view&)>;
+
+/// A golden case (`source`) with some tensors or the config replaced, written to `name`.
+fs::path mutated_case(const std::string& name, const tensor_edit& per_tensor, const std::string& config,
+                      const char* source = "hash_reference_default.safetensors") {
+    const auto golden = engram::safetensors_file::open(data(source));
     engram::safetensors_writer w;
     for (const auto& t : golden.tensors()) per_tensor(w, t);
     w.set_metadata("config", config.empty() ? *golden.find_metadata("config") : config);
@@ -277,4 +280,115 @@ TEST_CASE("engram inspect summarises files", "[cli][inspect]") {
     CHECK(r.out.find("multi_head_embedding.embedding.weight") != std::string::npos);
     expect_failure(run("inspect " + q(work_dir() / "absent.safetensors")), "absent.safetensors");
     expect_failure(run("inspect"), "usage");
+}
+
+namespace {
+
+/// max |a - b| / max |b|
+double scaled_error(const std::vector<float>& a, const std::vector<float>& b) {
+    double diff = 0, scale = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        diff = std::max(diff, std::fabs(static_cast<double>(a[i]) - b[i]));
+        scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
+    }
+    return diff / scale;
+}
+
+} // namespace
+
+TEST_CASE("engram forward reproduces the golden output, whole and streamed", "[cli][golden][forward]") {
+    const auto golden = engram::safetensors_file::open(data("forward_small.safetensors"));
+    const auto expected = golden.at("output").to_vector<float>();
+    for (const char* mode : {"", " --stream"}) {
+        INFO("mode '" << mode << "'");
+        const auto out = work_dir() / "forward_out.safetensors";
+        fs::remove(out);
+        const auto r = run("forward " + data("forward_small.safetensors") + " -o " + q(out) + mode);
+        INFO(r.err);
+        REQUIRE(r.code == 0);
+        const auto got = engram::safetensors_file::open(out);
+        CHECK(got.at("output").shape == golden.at("output").shape);
+        CHECK(got.at("output").type == engram::dtype::f32);
+        CHECK(scaled_error(got.at("output").to_vector<float>(), expected) <= 1e-5);
+    }
+}
+
+TEST_CASE("engram forward: bad input gives one line, a non-zero exit and no output", "[cli][errors][forward]") {
+    const auto out = work_dir() / "never_forward.safetensors";
+    fs::remove(out);
+    auto forward = [&](const fs::path& in) { return run("forward " + q(in) + " -o " + q(out)); };
+    const char* src = "forward_small.safetensors";
+    SECTION("hidden_states of the wrong shape") {
+        const auto p = mutated_case(
+            "fwd_hidden.safetensors",
+            [](auto& w, const auto& t) {
+                if (t.name != "hidden_states") return w.add(t);
+                w.add(t.name, engram::dtype::f32, {2, 24, 256}, t.bytes);
+            },
+            "", src);
+        expect_failure(forward(p), "hidden_states", out);
+    }
+    SECTION("a NaN weight") {
+        const auto p = mutated_case(
+            "fwd_nan.safetensors",
+            [](auto& w, const auto& t) {
+                if (t.name != "value_proj.weight") return w.add(t);
+                auto v = t.template to_vector<float>();
+                v[77] = NAN;
+                w.add(t.name, t.shape, v);
+            },
+            "", src);
+        expect_failure(forward(p), "value_proj.weight", out);
+    }
+    SECTION("a missing weight") {
+        const auto p = mutated_case(
+            "fwd_missing.safetensors",
+            [](auto& w, const auto& t) {
+                if (t.name != "key_projs.2.bias") w.add(t);
+            },
+            "", src);
+        expect_failure(forward(p), "key_projs.2.bias", out);
+    }
+    SECTION("a weight of the wrong dtype") {
+        const auto p = mutated_case(
+            "fwd_dtype.safetensors",
+            [](auto& w, const auto& t) {
+                if (t.name != "norm1.0.weight") return w.add(t);
+                std::vector<std::int64_t> v(t.numel(), 1);
+                w.add(t.name, t.shape, v);
+            },
+            "", src);
+        expect_failure(forward(p), "norm1.0.weight", out);
+    }
+    SECTION("bad config values") {
+        const std::string cfg = *engram::safetensors_file::open(data(src)).find_metadata("config");
+        const std::vector<std::pair<std::string, std::string>> cases = {
+            {"\"kernel_size\": 4", "\"kernel_size\": 0"},
+            {"\"hidden\": 64", "\"hidden\": -64"},
+            {"\"layer_id\": 1", "\"layer_id\": 2"},
+            {"\"branches\": 4", "\"branches\": 5"},
+        };
+        const std::vector<std::string> fragments = {"kernel_size", "hidden", "layer_id", "key_projs.4.weight"};
+        for (std::size_t i = 0; i < cases.size(); ++i) {
+            std::string c = cfg;
+            const auto at = c.find(cases[i].first);
+            REQUIRE(at != std::string::npos);
+            c.replace(at, cases[i].first.size(), cases[i].second);
+            expect_failure(forward(mutated_case("fwd_cfg" + std::to_string(i) + ".safetensors", keep, c, src)),
+                           fragments[i], out);
+        }
+    }
+    SECTION("token id out of range, streamed too") {
+        const auto p = mutated_case(
+            "fwd_oor.safetensors",
+            [](auto& w, const auto& t) {
+                if (t.name != "input_ids") return w.add(t);
+                auto ids = t.template to_vector<std::int64_t>();
+                ids[30] = 600;
+                w.add(t.name, t.shape, ids);
+            },
+            "", src);
+        expect_failure(forward(p), "600", out);
+        expect_failure(run("forward " + q(p) + " -o " + q(out) + " --stream"), "600", out);
+    }
 }

@@ -11,13 +11,14 @@
 #include <engram/types.hpp>
 #include <engram/vocab/canonical_table.hpp>
 
-#include <array>   // for array
-#include <cstddef> // for size_t
-#include <cstdint> // for int64_t
-#include <span>    // for span
-#include <string>  // for to_string
-#include <utility> // for index_sequence
-#include <vector>  // for vector
+#include <array>    // for array
+#include <cstddef>  // for size_t
+#include <cstdint>  // for int64_t, uint64_t
+#include <optional> // for optional (dead token)
+#include <span>     // for span
+#include <string>   // for to_string
+#include <utility>  // for index_sequence
+#include <vector>   // for vector
 
 ENGRAM_BEGIN_NAMESPACE
 
@@ -40,6 +41,12 @@ inline std::size_t checked_mul(std::size_t a, std::size_t b, const char* what) {
 ///
 /// Positions before the sequence start read the canonical pad id. Every canonical id is checked
 /// against `[0, V')` on entry; the hot loops then need no checks.
+///
+/// A *dead token* (`hash_tokens` / `rows_tokens` with `dead_token`, e.g. an image placeholder)
+/// restarts the context: at a position whose raw id equals the dead token the window is all pad,
+/// and later windows read pad for that position and every position before it, as at the start
+/// of a sequence. It is compared on raw ids: another raw id with the same canonical id is an
+/// ordinary token.
 template <hash_family Family = multiply_xor_family, order_set Orders = orders<2, 3>>
 class ngram_hasher {
 public:
@@ -96,12 +103,42 @@ public:
     ///         table this layout was built for (different V').
     void hash_tokens(const canonical_table& vocab, std::span<const token_id> raw, std::size_t batch,
                      std::size_t seq_len, std::span<std::int64_t> out) const {
-        if (vocab.canonical_size() != layout_.vocab_size)
-            throw config_error("canonical table has V' = " + std::to_string(vocab.canonical_size()) +
-                               " but the layout was built for V' = " + std::to_string(layout_.vocab_size));
+        check_vocab(vocab);
         std::vector<token_id> canonical(raw.size());
         vocab.map(raw, canonical);
         hash(canonical, batch, seq_len, out);
+    }
+
+    /// @brief Maps raw ids through `vocab` and hashes them with an optional dead token (see the
+    ///        class description); without one this is the overload above.
+    /// @throws input_error for a raw id outside `[0, V)` (naming its position), a dead token
+    ///         outside `[0, V)` or a size mismatch (nothing is written); config_error if `vocab`
+    ///         has a different V' than the layout.
+    void hash_tokens(const canonical_table& vocab, std::span<const token_id> raw, std::size_t batch,
+                     std::size_t seq_len, std::span<std::int64_t> out, std::optional<token_id> dead_token) const {
+        run_tokens(vocab, raw, batch, seq_len, out, dead_token, false);
+    }
+
+    /// @brief Global row ids (head offset added) of raw ids, with an optional dead token; see
+    ///        `hash_tokens`.
+    void rows_tokens(const canonical_table& vocab, std::span<const token_id> raw, std::size_t batch,
+                     std::size_t seq_len, std::span<row_id> out,
+                     std::optional<token_id> dead_token = std::nullopt) const {
+        run_tokens(vocab, raw, batch, seq_len, out, dead_token, true);
+    }
+
+    /// @brief Throws config_error unless `vocab` has the V' this layout was built for.
+    void check_vocab(const canonical_table& vocab) const {
+        if (vocab.canonical_size() != layout_.vocab_size)
+            throw config_error("canonical table has V' = " + std::to_string(vocab.canonical_size()) +
+                               " but the layout was built for V' = " + std::to_string(layout_.vocab_size));
+    }
+
+    /// @brief Throws input_error unless `dead_token` is a raw id of `vocab` (in `[0, V)`).
+    static void check_dead_token(const canonical_table& vocab, token_id dead_token) {
+        if (dead_token < 0 || static_cast<std::uint64_t>(dead_token) >= vocab.vocab_size())
+            throw input_error("dead token id " + std::to_string(dead_token) + " is outside the vocabulary [0, " +
+                              std::to_string(vocab.vocab_size()) + ")");
     }
 
     /// @brief Throws input_error naming the first id outside `[0, V')`.
@@ -152,22 +189,55 @@ private:
         for (std::size_t j = 0; j < k; ++j) out[j] = family_.reduce(mix, first_head + j);
     }
 
+    void check_shapes(std::size_t ids, std::size_t batch, std::size_t seq_len, std::size_t out_size) const {
+        const std::size_t tokens = detail::checked_mul(batch, seq_len, "hash input [B, T]");
+        if (ids != tokens)
+            throw input_error("hash: input has " + std::to_string(ids) +
+                              " ids, expected B x T = " + std::to_string(batch) + " x " + std::to_string(seq_len));
+        if (out_size != detail::checked_mul(tokens, num_heads(), "hash output [B, T, heads]"))
+            throw input_error("hash: output has " + std::to_string(out_size) +
+                              " slots, expected B x T x heads = " + std::to_string(tokens * num_heads()));
+    }
+
     void run(std::span<const token_id> canonical, std::size_t batch, std::size_t seq_len, std::span<std::int64_t> out,
              bool add_offsets) const {
-        const std::size_t tokens = detail::checked_mul(batch, seq_len, "hash input [B, T]");
-        const std::size_t heads = num_heads();
-        if (canonical.size() != tokens)
-            throw input_error("hash: input has " + std::to_string(canonical.size()) +
-                              " ids, expected B x T = " + std::to_string(batch) + " x " + std::to_string(seq_len));
-        if (out.size() != detail::checked_mul(tokens, heads, "hash output [B, T, heads]"))
-            throw input_error("hash: output has " + std::to_string(out.size()) +
-                              " slots, expected B x T x heads = " + std::to_string(tokens * heads));
+        check_shapes(canonical.size(), batch, seq_len, out.size());
         check_ids(canonical);
+        loop<false>(canonical.data(), nullptr, 0, batch, seq_len, out.data(), add_offsets);
+    }
+
+    void run_tokens(const canonical_table& vocab, std::span<const token_id> raw, std::size_t batch, std::size_t seq_len,
+                    std::span<std::int64_t> out, std::optional<token_id> dead_token, bool add_offsets) const {
+        check_vocab(vocab);
+        if (dead_token) check_dead_token(vocab, *dead_token);
+        check_shapes(raw.size(), batch, seq_len, out.size());
+        std::vector<token_id> canonical(raw.size());
+        vocab.map(raw, canonical); // validates every raw id; canonical ids are then in [0, V')
+        if (dead_token)
+            loop<true>(canonical.data(), raw.data(), *dead_token, batch, seq_len, out.data(), add_offsets);
+        else
+            loop<false>(canonical.data(), nullptr, 0, batch, seq_len, out.data(), add_offsets);
+    }
+
+    /// The hot loop; `Dead` adds the one per-token compare against the dead raw id.
+    template <bool Dead>
+    void loop(const token_id* canonical, const token_id* raw, token_id dead, std::size_t batch, std::size_t seq_len,
+              std::int64_t* out, bool add_offsets) const {
+        const std::size_t heads = num_heads();
         for (std::size_t b = 0; b < batch; ++b) {
             window_type window = empty_window();
-            const token_id* seq = canonical.data() + b * seq_len;
-            std::int64_t* dst = out.data() + b * seq_len * heads;
+            const token_id* seq = canonical + b * seq_len;
+            std::int64_t* dst = out + b * seq_len * heads;
             for (std::size_t t = 0; t < seq_len; ++t, dst += heads) {
+                if constexpr (Dead) {
+                    if (raw[b * seq_len + t] == dead) {
+                        window = empty_window(); // this window is all pad, and so is the past
+                        hash_orders(window.data(), dst, std::make_index_sequence<Orders::count>{});
+                        if (add_offsets)
+                            for (std::size_t h = 0; h < heads; ++h) dst[h] += layout_.offsets[h];
+                        continue;
+                    }
+                }
                 for (std::size_t k = window_size - 1; k > 0; --k) window[k] = window[k - 1];
                 window[0] = seq[t];
                 hash_orders(window.data(), dst, std::make_index_sequence<Orders::count>{});

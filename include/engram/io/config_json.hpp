@@ -5,9 +5,11 @@
 #include <engram/config.hpp>
 #include <engram/error.hpp>
 #include <engram/hash/layout.hpp>
+#include <engram/layer/config.hpp>
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>       // for isfinite
 #include <cstdint>     // for int64_t
 #include <limits>      // for numeric_limits
 #include <string>      // for string
@@ -51,6 +53,22 @@ inline std::vector<std::int64_t> integer_list(const nlohmann::json& j, std::stri
     return out;
 }
 
+/// The finite number at `key`, or `fallback` when the key is absent.
+inline double number_or(const nlohmann::json& j, std::string_view key, double fallback) {
+    const auto it = j.find(key);
+    if (it == j.end()) return fallback;
+    if (!it->is_number() || !std::isfinite(it->get<double>()))
+        throw format_error("config: '" + std::string(key) + "' must be a finite number, got " + it->dump());
+    return it->get<double>();
+}
+
+/// The integer at `key` (checked as `integer`), or `fallback` when the key is absent.
+inline std::int64_t integer_or(const nlohmann::json& j, std::string_view key, std::int64_t fallback,
+                               std::int64_t lo = std::numeric_limits<std::int64_t>::min(),
+                               std::int64_t hi = std::numeric_limits<std::int64_t>::max()) {
+    return j.contains(key) ? integer(j, key, lo, hi) : fallback;
+}
+
 } // namespace json_field
 
 /// @brief Parses a configuration JSON text (the `config` metadata of a case file).
@@ -83,6 +101,25 @@ inline hash_config hash_config_from_json(const nlohmann::json& j) {
     return c;
 }
 
+/// @brief A layer configuration from the keys of a forward case or checkpoint: the hashing keys
+///        plus `hidden`, `branches`, `kernel_size`, `layer_id` and the optional
+///        `conv_dilation`, `gate_norm_eps`, `conv_norm_eps`, `dead_token`. Validated.
+inline layer_config layer_config_from_json(const nlohmann::json& j) {
+    layer_config c;
+    c.hash = hash_config_from_json(j);
+    c.layer_id = json_field::integer(j, "layer_id", 0);
+    c.hidden = json_field::integer(j, "hidden", 1, std::int64_t{1} << 20);
+    c.branches = json_field::integer(j, "branches", 1, 64);
+    c.kernel_size = json_field::integer(j, "kernel_size", 1, 64);
+    c.conv_dilation = json_field::integer_or(j, "conv_dilation", 0, 0, 4096);
+    c.gate_norm_eps = static_cast<float>(json_field::number_or(j, "gate_norm_eps", c.gate_norm_eps));
+    c.conv_norm_eps = static_cast<float>(json_field::number_or(j, "conv_norm_eps", c.conv_norm_eps));
+    if (j.contains("dead_token") && !j.at("dead_token").is_null())
+        c.dead_token = json_field::integer(j, "dead_token", 0);
+    c.validate();
+    return c;
+}
+
 /// @brief The JSON form of a hashing configuration (the keys of the reference).
 inline nlohmann::json to_json(const hash_config& c) {
     nlohmann::json j;
@@ -94,6 +131,20 @@ inline nlohmann::json to_json(const hash_config& c) {
     j["pad_id"] = c.pad_id;
     j["seed"] = c.seed;
     if (!c.orders.empty()) j["orders"] = c.orders;
+    return j;
+}
+
+/// @brief The JSON form of a layer configuration (inverse of `layer_config_from_json`).
+inline nlohmann::json to_json(const layer_config& c) {
+    nlohmann::json j = to_json(c.hash);
+    j["layer_id"] = c.layer_id;
+    j["hidden"] = c.hidden;
+    j["branches"] = c.branches;
+    j["kernel_size"] = c.kernel_size;
+    j["conv_dilation"] = c.dilation();
+    j["gate_norm_eps"] = c.gate_norm_eps;
+    j["conv_norm_eps"] = c.conv_norm_eps;
+    if (c.dead_token) j["dead_token"] = *c.dead_token;
     return j;
 }
 

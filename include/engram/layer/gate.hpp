@@ -1,0 +1,37 @@
+#pragma once
+// SPDX-License-Identifier: MIT
+// Gate policies: how the normalised key-hidden score s becomes the gate alpha (spec section 6).
+
+#include <engram/config.hpp>
+
+#include <algorithm> // for max
+#include <cmath>     // for exp, sqrt, fabs
+#include <concepts>  // for same_as, default_initializable
+
+ENGRAM_BEGIN_NAMESPACE
+
+/// @brief A gate maps the score `s = <RMSNorm(k), RMSNorm(h)> / sqrt(H)` to `alpha`. It must be a
+///        pure, noexcept function of `s`; the layer applies it once per token and branch.
+template <class G>
+concept gate_policy = std::default_initializable<G> && requires(const G& g, float s) {
+    { g(s) }
+    noexcept->std::same_as<float>;
+};
+
+/// @brief The PyTorch reference: `sigmoid(sign(s) * sqrt(max(|s|, 1e-6)))`, sign(0) = 0.
+struct reference_gate {
+    float operator()(float s) const noexcept {
+        const float magnitude = std::sqrt(std::max(std::fabs(s), 1e-6f));
+        const float signed_root = s > 0.0f ? magnitude : (s < 0.0f ? -magnitude : 0.0f);
+        return 1.0f / (1.0f + std::exp(-signed_root));
+    }
+};
+
+/// @brief The paper's formula: `sigmoid(s)`.
+struct sigmoid_gate {
+    float operator()(float s) const noexcept { return 1.0f / (1.0f + std::exp(-s)); }
+};
+
+static_assert(gate_policy<reference_gate> && gate_policy<sigmoid_gate>);
+
+ENGRAM_END_NAMESPACE
