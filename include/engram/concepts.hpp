@@ -33,19 +33,24 @@ concept hash_family = std::copy_constructible<F> && std::constructible_from<F, c
     noexcept->std::same_as<std::int64_t>;
 };
 
-/// @brief A table of `rows()` rows of `dim()` values each; `row(i)` views row i.
+/// @brief A table of `rows()` rows of `dim()` values each, however and wherever they are stored.
+///
+/// `t.gather(ids, out)` decodes rows `ids[i]` to float into `out[i * dim, (i + 1) * dim)`; it
+/// checks every id against `[0, rows())` before writing anything (input_error otherwise) and is
+/// safe to call from several threads at once. Tables whose rows sit in addressable memory (dense,
+/// mmap) also offer `encoded_row(i)`.
 template <class T>
-concept storage_table = requires(const T& t, std::size_t i) {
-    typename T::value_type;
+concept storage_table = requires(const T& t, std::span<const row_id> ids, std::span<float> out) {
+    typename T::codec_type;
     { t.rows() } -> std::convertible_to<std::size_t>;
     { t.dim() } -> std::convertible_to<std::size_t>;
-    { t.row(i) } -> std::convertible_to<std::span<const typename T::value_type>>;
+    t.gather(ids, out);
 };
 
-/// @brief A storage policy is a tag with a nested `table<V>` template (cf. mdspan's
-///        `layout_right::mapping<Extents>`); `storage_policy<S, V>` checks that `S::table<V>` is a
-///        `storage_table`.
-template <class S, class V>
-concept storage_policy = storage_table<typename S::template table<V>>;
+/// @brief A storage policy is a tag with a nested `table<Row>` template (cf. mdspan's
+///        `layout_right::mapping<Extents>`), `Row` being a value type (float, bfloat16) or a
+///        row codec; `storage_policy<S, Row>` checks that `S::table<Row>` is a `storage_table`.
+template <class S, class Row>
+concept storage_policy = storage_table<typename S::template table<Row>>;
 
 ENGRAM_END_NAMESPACE

@@ -16,6 +16,7 @@
 #include <engram/ngram/dispatch.hpp>
 #include <engram/ngram/orders.hpp>
 #include <engram/random/numpy.hpp>
+#include <engram/storage/codec.hpp>
 #include <engram/storage/dense.hpp>
 #include <engram/storage/row_types.hpp>
 #include <engram/types.hpp>

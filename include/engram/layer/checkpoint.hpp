@@ -96,13 +96,9 @@ layer<Policies> load_layer(const safetensors_file& file, std::optional<layer_con
     {
         const auto rows = detail::checkpoint_floats(file, "multi_head_embedding.embedding.weight",
                                                     {layout.total_rows, layout.head_dim});
-        auto values = l.table().values();
-        for (std::size_t i = 0; i < values.size(); ++i) {
-            if constexpr (std::is_same_v<typename Policies::row_type, float>)
-                values[i] = rows[i];
-            else
-                values[i] = Policies::row_type::from_float(rows[i]);
-        }
+        const auto d_head = static_cast<std::size_t>(layout.head_dim);
+        for (std::size_t r = 0; r < l.table().rows(); ++r)
+            l.table().set_row(r, std::span<const float>(rows).subspan(r * d_head, d_head));
     }
     if (const tensor_view* t = file.find("multi_head_embedding.offsets")) {
         if (t->shape.size() != 1 || (t->type != dtype::i64 && t->type != dtype::i32) ||
@@ -155,8 +151,10 @@ void save_layer(layer<Policies>& l, const std::filesystem::path& path) {
     };
     const std::int64_t h = cfg.hidden, d = cfg.memory_dim();
     {
-        std::vector<float> rows(l.table().values().size());
-        for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = to_float(l.table().values()[i]);
+        const std::size_t d_head = l.table().dim();
+        std::vector<float> rows(l.table().rows() * d_head);
+        for (std::size_t r = 0; r < l.table().rows(); ++r)
+            l.table().get_row(r, std::span<float>(rows).subspan(r * d_head, d_head));
         w.add("multi_head_embedding.embedding.weight", {layout.total_rows, layout.head_dim}, rows);
     }
     w.add("multi_head_embedding.offsets", {static_cast<std::int64_t>(layout.offsets.size())}, layout.offsets);

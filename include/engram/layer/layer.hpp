@@ -17,6 +17,7 @@
 #include <engram/ngram/decode_state.hpp>
 #include <engram/ngram/orders.hpp>
 #include <engram/storage/dense.hpp>
+#include <engram/storage/codec.hpp>
 #include <engram/storage/row_types.hpp>
 #include <engram/types.hpp>
 #include <engram/vocab/canonical_table.hpp>
@@ -78,7 +79,7 @@ public:
     static_assert(hash_family<hash_type>, "Policies::hash_type must model engram::hash_family");
     static_assert(order_set<orders_type>, "Policies::orders_type must be an engram::orders<...>");
     static_assert(storage_policy<storage_type, row_type>, "Policies::storage_type must model engram::storage_policy");
-    static_assert(row_value<row_type>, "Policies::row_type must model engram::row_value");
+    static_assert(row_codec<codec_of_t<row_type>>, "Policies::row_type must be float, bfloat16 or an engram::row_codec");
     static_assert(gate_policy<gate_type>, "Policies::gate_type must model engram::gate_policy");
     static_assert(fusion_policy<fusion_type>, "Policies::fusion_type must model engram::fusion_policy");
     static_assert(std::is_same_v<backend_type, host_backend>,
@@ -182,8 +183,11 @@ public:
     void randomize(std::uint64_t seed, float scale = 0.05f) {
         std::mt19937_64 rng(seed);
         std::normal_distribution<float> normal(0.0f, 1.0f);
-        for (std::size_t r = 0; r < table_.rows(); ++r)
-            for (auto& v : table_.row(r)) v = from_float_row(scale * normal(rng));
+        std::vector<float> row(table_.dim());
+        for (std::size_t r = 0; r < table_.rows(); ++r) {
+            for (auto& v : row) v = scale * normal(rng);
+            table_.set_row(r, row);
+        }
         for (Eigen::Index i = 0; i < proj_w_.size(); ++i) proj_w_.data()[i] = scale * normal(rng);
         for (Eigen::Index i = 0; i < proj_b_.size(); ++i) proj_b_[i] = scale * normal(rng);
         auto around_one = [&](row_matrix& w) {
@@ -308,13 +312,6 @@ private:
             make_layout(cfg.hash, cfg.layer_id, vocab.canonical_size(), vocab.canonical_pad_id(cfg.hash.pad_id));
         if (multipliers) set_multipliers(layout, std::move(*multipliers));
         return layout;
-    }
-
-    static row_type from_float_row(float f) noexcept {
-        if constexpr (std::is_same_v<row_type, float>)
-            return f;
-        else
-            return row_type::from_float(f);
     }
 
     [[nodiscard]] std::size_t branch_width() const noexcept {
