@@ -83,9 +83,21 @@ inline std::vector<std::int64_t> read_ids(const engram::safetensors_file& file, 
     }
 }
 
-int cmd_compress_vocab(const std::vector<std::string>& argv);
-int cmd_hash(const std::vector<std::string>& argv);
-int cmd_inspect(const std::vector<std::string>& argv);
-int cmd_forward(const std::vector<std::string>& argv);
+/// One subcommand. Each tools/cmd_*.cpp registers its commands with a static
+/// `engram_cli::registration`, so adding a command touches no shared file.
+struct command {
+    const char* name;
+    const char* synopsis; ///< one line for `engram --help`
+    int (*run)(const std::vector<std::string>& argv);
+};
+
+inline std::vector<command>& registry() {
+    static std::vector<command> commands;
+    return commands;
+}
+
+struct registration {
+    explicit registration(command c) { registry().push_back(c); }
+};
 
 } // namespace engram_cli

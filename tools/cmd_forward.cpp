@@ -7,6 +7,8 @@
 
 namespace engram_cli {
 
+namespace {
+
 int cmd_forward(const std::vector<std::string>& argv) {
     constexpr const char* usage = "engram forward CASE.safetensors -o OUT.safetensors [--stream]";
     const auto a = args::parse(argv, {"--stream"});
@@ -51,5 +53,11 @@ int cmd_forward(const std::vector<std::string>& argv) {
               << (a.has("--stream") ? " (streamed)" : "") << "; wrote " << *a.output << '\n';
     return 0;
 }
+
+const registration reg_cmd_forward{
+    {"forward", "forward CASE.safetensors -o OUT.safetensors [--stream]  run the Engram layer of a forward case",
+     &cmd_forward}};
+
+} // namespace
 
 } // namespace engram_cli

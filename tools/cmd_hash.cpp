@@ -7,6 +7,8 @@
 
 namespace engram_cli {
 
+namespace {
+
 int cmd_hash(const std::vector<std::string>& argv) {
     constexpr const char* usage = "engram hash CASE.safetensors -o OUT.safetensors";
     const auto a = args::parse(argv);
@@ -55,5 +57,11 @@ int cmd_hash(const std::vector<std::string>& argv) {
               << *a.output << '\n';
     return 0;
 }
+
+const registration reg_cmd_hash{
+    {"hash", "hash CASE.safetensors -o OUT.safetensors           row ids of every configured layer (reference hash)",
+     &cmd_hash}};
+
+} // namespace
 
 } // namespace engram_cli

@@ -91,6 +91,8 @@ std::string file_kind(const engram::safetensors_file& f) {
 
 } // namespace
 
+namespace {
+
 int cmd_inspect(const std::vector<std::string>& argv) {
     constexpr const char* usage = "engram inspect FILE";
     const auto a = args::parse(argv);
@@ -143,5 +145,12 @@ int cmd_inspect(const std::vector<std::string>& argv) {
     }
     return 0;
 }
+
+const registration reg_cmd_inspect{
+    {"inspect",
+     "inspect FILE                                       readable summary of a case, table or checkpoint file",
+     &cmd_inspect}};
+
+} // namespace
 
 } // namespace engram_cli

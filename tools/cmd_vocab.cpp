@@ -8,6 +8,8 @@
 
 namespace engram_cli {
 
+namespace {
+
 int cmd_compress_vocab(const std::vector<std::string>& argv) {
     constexpr const char* usage = "engram compress-vocab TOKENIZER_JSON -o OUT.safetensors";
     const auto a = args::parse(argv);
@@ -25,5 +27,12 @@ int cmd_compress_vocab(const std::vector<std::string>& argv) {
               << "% fewer); wrote " << *a.output << '\n';
     return 0;
 }
+
+const registration reg_cmd_compress_vocab{
+    {"compress-vocab",
+     "compress-vocab TOKENIZER_JSON -o OUT.safetensors   canonical vocabulary of a byte-level BPE tokenizer",
+     &cmd_compress_vocab}};
+
+} // namespace
 
 } // namespace engram_cli

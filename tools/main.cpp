@@ -1,25 +1,23 @@
-// engram: the command-line tool. Every failure prints one line on stderr and exits non-zero.
+// engram: the command-line tool. Every failure prints one line on stderr and exits non-zero
+// (1 for bad input, 2 for a usage mistake).
 #include "cli.hpp"
 
-#include <cstdio>
+#include <algorithm>
 #include <exception>
 #include <iostream>
 #include <new>
 
 namespace {
 
-constexpr const char* usage_text =
-    "usage: engram <command> [options]\n"
-    "\n"
-    "commands:\n"
-    "  compress-vocab TOKENIZER_JSON -o OUT.safetensors   canonical vocabulary of a byte-level BPE tokenizer\n"
-    "  hash CASE.safetensors -o OUT.safetensors           row ids of every configured layer (reference hash)\n"
-    "  forward CASE.safetensors -o OUT.safetensors [--stream]\n"
-    "                                                     run the Engram layer of a forward case\n"
-    "  inspect FILE                                       readable summary of a case, table or checkpoint file\n"
-    "  version                                            print the engram version\n"
-    "\n"
-    "Run 'engram <command> --help' for a command's details.\n";
+void print_usage(std::ostream& os) {
+    auto commands = engram_cli::registry();
+    std::sort(commands.begin(), commands.end(),
+              [](const auto& a, const auto& b) { return std::string_view(a.name) < std::string_view(b.name); });
+    os << "usage: engram <command> [options]\n\ncommands:\n";
+    for (const auto& c : commands) os << "  " << c.synopsis << '\n';
+    os << "  version                                            print the engram version\n"
+       << "\nRun 'engram <command> --help' for a command's details.\n";
+}
 
 std::string one_line(std::string s) {
     for (char& c : s)
@@ -32,38 +30,36 @@ std::string one_line(std::string s) {
 int main(int argc, char** argv) {
     std::vector<std::string> args(argv + 1, argv + argc);
     if (args.empty()) {
-        std::cerr << usage_text;
+        print_usage(std::cerr);
         return 2;
     }
-    const std::string command = args.front();
+    const std::string name = args.front();
     args.erase(args.begin());
     try {
-        if (command == "compress-vocab") return engram_cli::cmd_compress_vocab(args);
-        if (command == "hash") return engram_cli::cmd_hash(args);
-        if (command == "inspect") return engram_cli::cmd_inspect(args);
-        if (command == "forward") return engram_cli::cmd_forward(args);
-        if (command == "version" || command == "--version") {
+        for (const auto& c : engram_cli::registry())
+            if (name == c.name) return c.run(args);
+        if (name == "version" || name == "--version") {
             std::cout << "engram " << ENGRAM_VERSION_MAJOR << '.' << ENGRAM_VERSION_MINOR << '.' << ENGRAM_VERSION_PATCH
                       << '\n';
             return 0;
         }
-        if (command == "help" || command == "-h" || command == "--help") {
-            std::cout << usage_text;
+        if (name == "help" || name == "-h" || name == "--help") {
+            print_usage(std::cout);
             return 0;
         }
-        std::cerr << "engram: unknown command '" << one_line(command) << "' (try 'engram --help')\n";
+        std::cerr << "engram: unknown command '" << one_line(name) << "' (try 'engram --help')\n";
         return 2;
     } catch (const engram_cli::usage_error& e) {
-        std::cerr << "engram " << command << ": " << one_line(e.what()) << '\n';
+        std::cerr << "engram " << name << ": " << one_line(e.what()) << '\n';
         return 2;
     } catch (const engram::error& e) {
-        std::cerr << "engram " << command << ": error: " << one_line(e.what()) << '\n';
+        std::cerr << "engram " << name << ": error: " << one_line(e.what()) << '\n';
         return 1;
     } catch (const std::bad_alloc&) {
-        std::cerr << "engram " << command << ": error: out of memory\n";
+        std::cerr << "engram " << name << ": error: out of memory\n";
         return 1;
     } catch (const std::exception& e) {
-        std::cerr << "engram " << command << ": error: " << one_line(e.what()) << '\n';
+        std::cerr << "engram " << name << ": error: " << one_line(e.what()) << '\n';
         return 1;
     }
 }

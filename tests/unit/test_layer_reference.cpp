@@ -360,7 +360,9 @@ TEMPLATE_TEST_CASE("layer = plain-loop reference: forward and decode_step, every
         shape(3, 4, 4, 0, 13), // the reference's shape
         shape(3, 1, 4, 5, 14), // explicit dilation 5: reaches back 15 of 40
         shape(3, 4, 1, 0, 15), // Kc = 1: the conv sees the current token only
-        shape(4, 4, 2, 0, 16), shape(4, 1, 4, 0, 17), shape(4, 4, 4, 6, 18), // explicit dilation 6: reaches back 18
+        shape(4, 4, 2, 0, 16), // N = 4, Kc = 2
+        shape(4, 1, 4, 0, 17), // N = 4, M = 1
+        shape(4, 4, 4, 6, 18), // explicit dilation 6: reaches back 18
     };
     for (const shape& s : shapes) {
         INFO(s.describe());
@@ -371,7 +373,7 @@ TEMPLATE_TEST_CASE("layer = plain-loop reference: forward and decode_step, every
             const et::reference_result r = reference_run(g.ref, rows, ref_gate_of<P>(), ref_fusion_of<P>());
             // The float output stored in the case agrees with the double reference run here.
             CHECK(et::compare_outputs(g.ref.output, r.output).relative <= 1e-6);
-            const observed o = compare_layer(layer, g.ref, g.ref.input_ids, rows, r.output);
+            compare_layer(layer, g.ref, g.ref.input_ids, rows, r.output);
         });
     }
 }
@@ -598,7 +600,7 @@ TEMPLATE_TEST_CASE("user-defined gate policies: hard and tempered gates", "[laye
                 CAPTURE(closest);
                 REQUIRE(closest > 1e-5);
             }
-            const observed o = compare_layer(layer, g.ref, g.ref.input_ids, rows, expected);
+            [[maybe_unused]] const observed o = compare_layer(layer, g.ref, g.ref.input_ids, rows, expected);
             if constexpr (std::is_same_v<typename P::gate_type, hard_gate> && !conv) {
                 // A closed gate leaves the hidden state exactly as it was; an open one adds v.
                 const auto H = static_cast<std::size_t>(s.hidden);

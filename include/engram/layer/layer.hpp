@@ -16,8 +16,8 @@
 #include <engram/layer/gate.hpp>
 #include <engram/ngram/decode_state.hpp>
 #include <engram/ngram/orders.hpp>
-#include <engram/storage/dense.hpp>
 #include <engram/storage/codec.hpp>
+#include <engram/storage/dense.hpp>
 #include <engram/storage/row_types.hpp>
 #include <engram/types.hpp>
 #include <engram/vocab/canonical_table.hpp>
@@ -79,7 +79,8 @@ public:
     static_assert(hash_family<hash_type>, "Policies::hash_type must model engram::hash_family");
     static_assert(order_set<orders_type>, "Policies::orders_type must be an engram::orders<...>");
     static_assert(storage_policy<storage_type, row_type>, "Policies::storage_type must model engram::storage_policy");
-    static_assert(row_codec<codec_of_t<row_type>>, "Policies::row_type must be float, bfloat16 or an engram::row_codec");
+    static_assert(row_codec<codec_of_t<row_type>>,
+                  "Policies::row_type must be float, bfloat16 or an engram::row_codec");
     static_assert(gate_policy<gate_type>, "Policies::gate_type must model engram::gate_policy");
     static_assert(fusion_policy<fusion_type>, "Policies::fusion_type must model engram::fusion_policy");
     static_assert(std::is_same_v<backend_type, host_backend>,
@@ -218,12 +219,8 @@ public:
     /// @throws input_error for wrong sizes or token ids outside the vocabulary.
     void forward(std::span<const token_id> raw, std::size_t batch, std::size_t seq_len, std::span<const float> hidden,
                  std::span<float> out, std::span<const std::uint8_t> token_mask = {}) const {
-        const std::size_t tokens = detail::checked_mul(batch, seq_len, "forward [B, T]");
-        const std::size_t width = detail::checked_mul(tokens, branch_width(), "forward [B, T, M, H]");
-        if (hidden.size() != width || out.size() != width)
-            throw input_error("forward: hidden has " + std::to_string(hidden.size()) + " and out " +
-                              std::to_string(out.size()) + " values, expected B*T*M*H = " + std::to_string(width));
-        forward_impl(raw, batch, seq_len, {hidden.data(), static_cast<Eigen::Index>(cfg_.hidden)},
+        check_sizes(batch, seq_len, hidden.size(), out.size());
+        forward_impl(table_, raw, batch, seq_len, {hidden.data(), static_cast<Eigen::Index>(cfg_.hidden)},
                      {out.data(), static_cast<Eigen::Index>(cfg_.hidden)}, token_mask, nullptr);
     }
 
@@ -239,8 +236,34 @@ public:
                               std::to_string(hidden.cols()) + ", out " + std::to_string(out.rows()) + " x " +
                               std::to_string(out.cols()) + ", expected (B*T*M) x H = " + std::to_string(rows_expected) +
                               " x " + std::to_string(cfg_.hidden));
-        forward_impl(raw, batch, seq_len, {hidden.data(), hidden.outerStride()}, {out.data(), out.outerStride()},
-                     token_mask, nullptr);
+        forward_impl(table_, raw, batch, seq_len, {hidden.data(), hidden.outerStride()},
+                     {out.data(), out.outerStride()}, token_mask, nullptr);
+    }
+
+    /// @brief `forward` with the embedding rows read from another table (a table file, mmap,
+    ///        sharded or cached storage, another codec) instead of the layer's own.
+    /// @throws config_error if the table's shape differs from the layer's layout.
+    template <storage_table Table>
+    void forward(const Table& rows_table, std::span<const token_id> raw, std::size_t batch, std::size_t seq_len,
+                 std::span<const float> hidden, std::span<float> out,
+                 std::span<const std::uint8_t> token_mask = {}) const {
+        check_sizes(batch, seq_len, hidden.size(), out.size());
+        forward_impl(rows_table, raw, batch, seq_len, {hidden.data(), static_cast<Eigen::Index>(cfg_.hidden)},
+                     {out.data(), static_cast<Eigen::Index>(cfg_.hidden)}, token_mask, nullptr);
+    }
+
+    /// @brief The layer on memory vectors that were gathered already (`rows` then a storage's
+    ///        `gather`, e.g. by a prefetcher): e `[B*T, D]`, hidden and out `[B, T, M, H]`.
+    void forward_memory(std::span<const float> e, std::size_t batch, std::size_t seq_len, std::span<const float> hidden,
+                        std::span<float> out, std::span<const std::uint8_t> token_mask = {}) const {
+        check_sizes(batch, seq_len, hidden.size(), out.size());
+        const std::size_t tokens = batch * seq_len;
+        if (e.size() != detail::checked_mul(tokens, memory_dim(), "forward_memory"))
+            throw input_error("forward_memory: e has " + std::to_string(e.size()) +
+                              " values, expected B*T*D = " + std::to_string(tokens * memory_dim()));
+        check_mask(token_mask, tokens);
+        apply(e, {}, batch, seq_len, {hidden.data(), static_cast<Eigen::Index>(cfg_.hidden)},
+              {out.data(), static_cast<Eigen::Index>(cfg_.hidden)}, token_mask, nullptr);
     }
 
     // ---- token by token -----------------------------------------------------------------------
@@ -262,7 +285,7 @@ public:
         if (hidden.size() != width || out.size() != width)
             throw input_error("prefill: hidden and out need T*M*H = " + std::to_string(width) + " values");
         decode_state next = state;
-        forward_impl(raw, 1, raw.size(), {hidden.data(), static_cast<Eigen::Index>(cfg_.hidden)},
+        forward_impl(table_, raw, 1, raw.size(), {hidden.data(), static_cast<Eigen::Index>(cfg_.hidden)},
                      {out.data(), static_cast<Eigen::Index>(cfg_.hidden)}, {}, &next);
         state = std::move(next);
     }
@@ -299,6 +322,14 @@ private:
         Eigen::Index stride;
         T* row(std::size_t r) const noexcept { return data + static_cast<Eigen::Index>(r) * stride; }
     };
+
+    void check_sizes(std::size_t batch, std::size_t seq_len, std::size_t hidden_size, std::size_t out_size) const {
+        const std::size_t tokens = detail::checked_mul(batch, seq_len, "forward [B, T]");
+        const std::size_t width = detail::checked_mul(tokens, branch_width(), "forward [B, T, M, H]");
+        if (hidden_size != width || out_size != width)
+            throw input_error("forward: hidden has " + std::to_string(hidden_size) + " and out " +
+                              std::to_string(out_size) + " values, expected B*T*M*H = " + std::to_string(width));
+    }
 
     static layer_config validated(layer_config cfg) {
         cfg.validate();
@@ -384,22 +415,45 @@ private:
         }
     }
 
-    void forward_impl(std::span<const token_id> raw, std::size_t batch, std::size_t seq_len,
+    template <class Table>
+    void forward_impl(const Table& rows_table, std::span<const token_id> raw, std::size_t batch, std::size_t seq_len,
                       strided<const float> hidden, strided<float> out, std::span<const std::uint8_t> token_mask,
                       decode_state* state) const {
         const std::size_t tokens = batch * seq_len;
-        if (!token_mask.empty()) {
-            if constexpr (!fusion_type::supports_token_mask)
-                throw input_error("forward: a token mask needs a fusion that supports it (production_fusion)");
-            if (token_mask.size() != tokens)
-                throw input_error("forward: token mask has " + std::to_string(token_mask.size()) +
-                                  " entries, expected B*T = " + std::to_string(tokens));
-        }
-        const std::size_t heads = num_heads(), d_mem = memory_dim(), mh = branch_width();
-        std::vector<row_id> row_ids(detail::checked_mul(tokens, heads, "forward rows"));
+        check_mask(token_mask, tokens);
+        std::vector<row_id> row_ids(detail::checked_mul(tokens, num_heads(), "forward rows"));
         rows(raw, batch, seq_len, row_ids);
-        std::vector<float> e(detail::checked_mul(tokens, d_mem, "forward memory"));
-        gather(table_, std::span<const row_id>(row_ids), std::span<float>(e));
+        std::vector<float> e(detail::checked_mul(tokens, memory_dim(), "forward memory"));
+        check_table(rows_table);
+        rows_table.gather(std::span<const row_id>(row_ids), std::span<float>(e));
+        apply(e, raw, batch, seq_len, hidden, out, token_mask, state);
+    }
+
+    template <class Table>
+    void check_table(const Table& t) const {
+        if (t.rows() != static_cast<std::size_t>(layout().total_rows) ||
+            t.dim() != static_cast<std::size_t>(layout().head_dim))
+            throw config_error("forward: the row table has " + std::to_string(t.rows()) + " x " +
+                               std::to_string(t.dim()) + " rows, the layer needs " +
+                               std::to_string(layout().total_rows) + " x " + std::to_string(layout().head_dim));
+    }
+
+    static void check_mask(std::span<const std::uint8_t> token_mask, std::size_t tokens) {
+        if (token_mask.empty()) return;
+        if constexpr (!fusion_type::supports_token_mask)
+            throw input_error("forward: a token mask needs a fusion that supports it (production_fusion)");
+        if (token_mask.size() != tokens)
+            throw input_error("forward: token mask has " + std::to_string(token_mask.size()) +
+                              " entries, expected B*T = " + std::to_string(tokens));
+    }
+
+    /// Projections, gate and fusion on gathered memory vectors e [B*T, D]; with `state`
+    /// (batch 1), also pushes `raw` into it and leaves the conv history there.
+    void apply(std::span<const float> e, std::span<const token_id> raw, std::size_t batch, std::size_t seq_len,
+               strided<const float> hidden, strided<float> out, std::span<const std::uint8_t> token_mask,
+               decode_state* state) const {
+        const std::size_t tokens = batch * seq_len;
+        const std::size_t heads = num_heads(), d_mem = memory_dim(), mh = branch_width();
 
         // One GEMM for the value and every key projection.
         const Eigen::Map<const row_matrix> em(e.data(), static_cast<Eigen::Index>(tokens),
