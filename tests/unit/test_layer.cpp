@@ -199,3 +199,14 @@ TEST_CASE("layer errors: sizes, masks, token ids", "[layer]") {
     CHECK_THROWS_AS(layer.decode_step(state, -3, std::span<const float>(g.hidden).first(256), o), engram::input_error);
     CHECK(state.position() == 0);
 }
+
+TEST_CASE("a dead token outside the vocabulary is a configuration error", "[layer]") {
+    golden_case g;
+    auto cfg = engram::load_layer_config(g.file);
+    for (std::int64_t bad : {std::int64_t{600}, std::int64_t{-5}}) {
+        cfg.dead_token = bad;
+        CHECK_THROWS_AS(engram::load_layer(g.file, cfg), engram::config_error);
+    }
+    cfg.dead_token = 599;
+    CHECK_NOTHROW(engram::load_layer(g.file, cfg));
+}

@@ -339,6 +339,9 @@ private:
     static layer_layout make_layout_for(const layer_config& cfg, const canonical_table& vocab,
                                         std::optional<std::vector<std::int64_t>> multipliers) {
         if (vocab.empty()) throw config_error("layer: the canonical vocabulary is empty");
+        if (cfg.dead_token && (*cfg.dead_token < 0 || static_cast<std::size_t>(*cfg.dead_token) >= vocab.vocab_size()))
+            throw config_error("config: dead_token " + std::to_string(*cfg.dead_token) + " is outside the vocabulary [0, " +
+                               std::to_string(vocab.vocab_size()) + ")");
         auto layout =
             make_layout(cfg.hash, cfg.layer_id, vocab.canonical_size(), vocab.canonical_pad_id(cfg.hash.pad_id));
         if (multipliers) set_multipliers(layout, std::move(*multipliers));
