@@ -18,6 +18,7 @@
 #include <engram/random/numpy.hpp>
 #include <engram/storage/codec.hpp>
 #include <engram/storage/dense.hpp>
+#include <engram/storage/quantized.hpp>
 #include <engram/storage/row_types.hpp>
 #include <engram/types.hpp>
 #include <engram/version.hpp>
