@@ -17,8 +17,10 @@
 #include <engram/ngram/orders.hpp>
 #include <engram/random/numpy.hpp>
 #include <engram/storage/codec.hpp>
+#include <engram/storage/cached.hpp>
 #include <engram/storage/dense.hpp>
 #include <engram/storage/quantized.hpp>
+#include <engram/storage/sharded.hpp>
 #include <engram/storage/row_types.hpp>
 #include <engram/types.hpp>
 #include <engram/version.hpp>

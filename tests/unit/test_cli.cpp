@@ -392,3 +392,186 @@ TEST_CASE("engram forward: bad input gives one line, a non-zero exit and no outp
         expect_failure(run("forward " + q(p) + " -o " + q(out) + " --stream"), "600", out);
     }
 }
+
+#include <algorithm> // for sort, equal (pack and verify tests)
+
+namespace {
+
+/// The files in `dir` (names only).
+std::vector<std::string> dir_listing(const fs::path& dir) {
+    std::vector<std::string> out;
+    for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+/// An empty directory under the work dir.
+fs::path empty_dir(const std::string& name) {
+    const auto d = work_dir() / name;
+    fs::remove_all(d);
+    fs::create_directories(d);
+    return d;
+}
+
+} // namespace
+
+TEST_CASE("engram pack and verify: the golden case round trips", "[cli][pack]") {
+    const auto golden = engram::safetensors_file::open(data("forward_small.safetensors"));
+    const auto& weight = golden.at("multi_head_embedding.embedding.weight");
+
+    SECTION("f32, one file: the rows are the checkpoint's bytes") {
+        const auto dir = empty_dir("pack_f32");
+        const auto out = dir / "table.safetensors";
+        auto r = run("pack " + data("forward_small.safetensors") + " -o " + q(out));
+        INFO(r.err);
+        REQUIRE(r.code == 0);
+        CHECK(r.err.empty()); // no progress line for short work off a terminal
+        CHECK(r.out.find("8916 rows x 16 (f32") != std::string::npos);
+        CHECK(r.out.find("V' = 335") != std::string::npos);
+        CHECK(r.out.find("1 shard: table.safetensors") != std::string::npos);
+        CHECK(dir_listing(dir) == std::vector<std::string>{"table.safetensors"});
+        const auto table = engram::safetensors_file::open(out);
+        const auto& rows = table.at("rows");
+        CHECK(rows.type == engram::dtype::f32);
+        CHECK(rows.shape == weight.shape);
+        CHECK(std::equal(rows.bytes.begin(), rows.bytes.end(), weight.bytes.begin(), weight.bytes.end()));
+        CHECK(table.at("lookup").to_vector<std::int64_t>() == golden.at("lookup").to_vector<std::int64_t>());
+
+        r = run("verify " + q(out));
+        INFO(r.err);
+        REQUIRE(r.code == 0);
+        CHECK(r.out.rfind("OK ", 0) == 0);
+        CHECK(r.out.find("570624 bytes of rows") != std::string::npos);
+        CHECK(r.out.find("vocabulary (V = 600, V' = 335") != std::string::npos);
+    }
+    SECTION("bf16 in three shards, options written with '='") {
+        const auto dir = empty_dir("pack_bf16");
+        const auto out = dir / "t.safetensors";
+        auto r = run("pack " + data("forward_small.safetensors") + " --codec=bf16 --shards=3 --output=" + q(out));
+        INFO(r.err);
+        REQUIRE(r.code == 0);
+        CHECK(r.out.find("3 shards: t.shard0.safetensors t.shard1.safetensors t.shard2.safetensors") !=
+              std::string::npos);
+        CHECK(dir_listing(dir) == std::vector<std::string>{"t.safetensors", "t.shard0.safetensors",
+                                                           "t.shard1.safetensors", "t.shard2.safetensors"});
+        r = run("verify " + q(out));
+        INFO(r.err);
+        REQUIRE(r.code == 0);
+        CHECK(r.out.find("in 3 shards") != std::string::npos);
+        const auto shard = engram::safetensors_file::open(dir / "t.shard1.safetensors");
+        CHECK(shard.at("rows").type == engram::dtype::bf16);
+        CHECK(shard.at("rows").shape == std::vector<std::int64_t>{2972, 16});
+    }
+    SECTION("int8 and f16") {
+        for (const char* codec : {"int8", "f16"}) {
+            const auto dir = empty_dir(std::string("pack_") + codec);
+            const auto out = dir / "t.safetensors";
+            const auto r = run("pack " + data("forward_small.safetensors") + " -o " + q(out) + " --codec " + codec +
+                               " --shards 2");
+            INFO(codec << ": " << r.err);
+            REQUIRE(r.code == 0);
+            CHECK(run("verify " + q(out)).code == 0);
+        }
+    }
+    SECTION("help") {
+        auto r = run("pack --help");
+        CHECK(r.code == 0);
+        CHECK(r.out.find("--shards") != std::string::npos);
+        r = run("verify --help");
+        CHECK(r.code == 0);
+    }
+}
+
+TEST_CASE("engram pack and verify: bad input gives one line, a non-zero exit and no output", "[cli][pack][errors]") {
+    const auto dir = empty_dir("pack_errors");
+    const auto out = dir / "never.safetensors";
+    auto pack = [&](const std::string& in, const std::string& options = "") {
+        return run("pack " + in + " -o " + q(out) + options);
+    };
+    auto nothing_left = [&] { CHECK(dir_listing(dir).empty()); };
+
+    SECTION("missing input") {
+        expect_failure(pack(q(work_dir() / "nope.safetensors")), "nope.safetensors", out);
+        nothing_left();
+    }
+    SECTION("not a checkpoint") {
+        expect_failure(pack(data("hash_reference_default.safetensors")), "multi_head_embedding.embedding.weight", out);
+        nothing_left();
+        const auto text = work_dir() / "text.safetensors";
+        std::ofstream(text) << "not a safetensors file";
+        expect_failure(pack(q(text)), "text.safetensors", out);
+        nothing_left();
+    }
+    SECTION("unknown codec, bad shard counts, missing arguments: usage errors") {
+        for (const std::string opts : {" --codec q4", " --codec", " --shards 0", " --shards -2", " --shards x3",
+                                       " --shards 8916000", " --frobnicate"}) {
+            const auto r = pack(data("forward_small.safetensors"), opts);
+            INFO(opts);
+            expect_failure(r, opts.substr(1, opts.find(' ', 1) - 1), out);
+            CHECK(r.code == 2);
+        }
+        auto r = run("pack " + data("forward_small.safetensors"));
+        expect_failure(r, "usage");
+        CHECK(r.code == 2);
+        r = run("verify");
+        expect_failure(r, "usage");
+        CHECK(r.code == 2);
+        nothing_left();
+    }
+    SECTION("more shards than rows, a codec that cannot hold the rows") {
+        expect_failure(pack(data("forward_small.safetensors"), " --shards 9000"), "9000", out);
+        expect_failure(pack(data("forward_small.safetensors"), " --codec fp8"), "multiple of 32", out);
+        nothing_left();
+    }
+    SECTION("a non-finite row value") {
+        const auto p = mutated_case(
+            "pack_nan.safetensors",
+            [](auto& w, const auto& t) {
+                if (t.name != "multi_head_embedding.embedding.weight") return w.add(t);
+                auto v = t.template to_vector<float>();
+                v[5000] = INFINITY;
+                w.add(t.name, t.shape, v);
+            },
+            "", "forward_small.safetensors");
+        expect_failure(pack(q(p), " --shards 3"), "non-finite", out);
+        nothing_left();
+    }
+    SECTION("rows of the wrong shape") {
+        const auto p = mutated_case(
+            "pack_shape.safetensors",
+            [](auto& w, const auto& t) {
+                if (t.name != "multi_head_embedding.embedding.weight") return w.add(t);
+                w.add(t.name, engram::dtype::f32, {8916 * 2, 8}, t.bytes);
+            },
+            "", "forward_small.safetensors");
+        expect_failure(pack(q(p)), "[17832, 8]", out);
+        nothing_left();
+    }
+    SECTION("unwritable output directory") {
+        const auto bad = dir / "no_such_dir" / "t.safetensors";
+        expect_failure(run("pack " + data("forward_small.safetensors") + " -o " + q(bad)), "no_such_dir", bad);
+        nothing_left();
+    }
+    SECTION("verify: corrupt rows, a missing shard, not a table") {
+        const auto t = dir / "t.safetensors";
+        REQUIRE(run("pack " + data("forward_small.safetensors") + " -o " + q(t) + " --shards 3").code == 0);
+        const auto shard = dir / "t.shard1.safetensors";
+        {
+            const auto at = static_cast<std::streamoff>(fs::file_size(shard) - 100); // inside the rows
+            std::fstream f(shard, std::ios::binary | std::ios::in | std::ios::out);
+            f.seekg(at);
+            const char c = static_cast<char>(f.get() ^ 0x01);
+            f.seekp(at);
+            f.put(c);
+        }
+        auto r = run("verify " + q(t));
+        expect_failure(r, "shard 1 ('t.shard1.safetensors'");
+        CHECK(r.code == 1);
+        CHECK(r.out.empty());
+        fs::remove(shard);
+        expect_failure(run("verify " + q(t)), "t.shard1.safetensors");
+        expect_failure(run("verify " + data("forward_small.safetensors")), "not an engram table file");
+        expect_failure(run("verify " + q(dir / "t.shard0.safetensors")), "one shard of a table");
+        expect_failure(run("verify " + q(dir / "absent.safetensors")), "absent.safetensors");
+    }
+}
