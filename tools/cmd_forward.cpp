@@ -1,61 +1,263 @@
-// engram forward: runs the Engram layer of a case file (weights, ids, hidden states).
+// engram forward: runs the Engram layer of a case file (weights, ids, hidden states), with the
+// embedding rows from the case, from a table file, and/or from a chosen storage tier.
 #include "cli.hpp"
 
+#include <engram/io/table_file.hpp>
 #include <engram/layer/checkpoint.hpp>
+#include <engram/storage/cached.hpp>
+#include <engram/storage/mmap.hpp>
+#include <engram/storage/sharded.hpp>
 
+#include <cstdlib>
 #include <iostream>
+#include <memory>
+#include <optional>
 
 namespace engram_cli {
 
 namespace {
 
+constexpr const char* usage =
+    "engram forward CASE.safetensors -o OUT.safetensors [--stream] [--table TABLE.safetensors] "
+    "[--storage dense|mmap|sharded:N|cached:BYTES]";
+
+struct storage_choice {
+    enum kind_type { dense, mmap, sharded, cached } kind = dense;
+    std::size_t shards = 0;
+    std::size_t bytes = 0;
+    std::string text = "dense";
+};
+
+/// "dense", "mmap", "sharded:N" or "cached:BYTES" (BYTES may end in K, M or G: powers of 1024).
+storage_choice parse_storage(const std::string& text) {
+    storage_choice c;
+    c.text = text;
+    auto number = [&](const std::string& s, bool suffixes) -> std::size_t {
+        std::size_t pos = 0;
+        unsigned long long v = 0;
+        try {
+            v = std::stoull(s, &pos);
+        } catch (const std::exception&) {
+            throw usage_error("--storage " + text + ": '" + s + "' is not a number");
+        }
+        std::size_t mult = 1;
+        if (suffixes && pos + 1 == s.size()) {
+            switch (s[pos]) {
+            case 'K':
+            case 'k':
+                mult = std::size_t{1} << 10;
+                break;
+            case 'M':
+            case 'm':
+                mult = std::size_t{1} << 20;
+                break;
+            case 'G':
+            case 'g':
+                mult = std::size_t{1} << 30;
+                break;
+            default:
+                throw usage_error("--storage " + text + ": unknown size suffix in '" + s + "'");
+            }
+            ++pos;
+        }
+        if (pos != s.size() || v == 0 || s[0] == '-')
+            throw usage_error("--storage " + text + ": '" + s + "' must be a positive number");
+        if (v > (std::size_t{1} << 46) / mult) throw usage_error("--storage " + text + ": '" + s + "' is too large");
+        return static_cast<std::size_t>(v) * mult;
+    };
+    if (text == "dense")
+        c.kind = storage_choice::dense;
+    else if (text == "mmap")
+        c.kind = storage_choice::mmap;
+    else if (text.rfind("sharded:", 0) == 0) {
+        c.kind = storage_choice::sharded;
+        c.shards = number(text.substr(8), false);
+    } else if (text.rfind("cached:", 0) == 0) {
+        c.kind = storage_choice::cached;
+        c.bytes = number(text.substr(7), true);
+    } else {
+        throw usage_error("--storage '" + text + "': expected dense, mmap, sharded:N or cached:BYTES");
+    }
+    return c;
+}
+
+/// A dense table holding the same encoded rows as `src` rows [first, last).
+template <class Table>
+auto dense_copy(const Table& src, std::size_t first, std::size_t last) {
+    using codec = typename Table::codec_type;
+    engram::dense_storage::table<codec> out(last - first, src.dim());
+    if constexpr (requires { src.encoded_row(std::size_t{0}); }) {
+        for (std::size_t r = first; r < last; ++r) {
+            const auto from = src.encoded_row(r);
+            std::copy(from.begin(), from.end(), out.encoded_row(r - first).begin());
+        }
+    } else {
+        std::vector<float> row(src.dim());
+        for (std::size_t r = first; r < last; ++r) {
+            const engram::row_id id = static_cast<engram::row_id>(r);
+            src.gather(std::span<const engram::row_id>(&id, 1), row);
+            out.set_row(r - first, row);
+        }
+    }
+    return out;
+}
+
+struct run_inputs {
+    const engram::layer<>& layer;
+    const std::vector<std::int64_t>& ids;
+    const std::vector<float>& hidden;
+    std::vector<float>& out;
+    std::size_t batch, seq;
+    bool stream;
+};
+
+template <class Table>
+void run_layer(const run_inputs& in, const Table& table) {
+    if (!in.stream) {
+        in.layer.forward(table, in.ids, in.batch, in.seq, in.hidden, in.out);
+        return;
+    }
+    const auto& cfg = in.layer.config();
+    const std::size_t mh = static_cast<std::size_t>(cfg.branches * cfg.hidden);
+    for (std::size_t b = 0; b < in.batch; ++b) {
+        auto state = in.layer.new_decode_state();
+        for (std::size_t t = 0; t < in.seq; ++t) {
+            const std::size_t i = b * in.seq + t;
+            in.layer.decode_step(table, state, in.ids[i], std::span<const float>(in.hidden).subspan(i * mh, mh),
+                                 std::span<float>(in.out).subspan(i * mh, mh));
+        }
+    }
+}
+
+/// Runs with rows from `src` put behind the chosen storage tier.
+template <class Source>
+void run_tier(const run_inputs& in, const Source& src, const storage_choice& choice, bool src_is_mapped) {
+    switch (choice.kind) {
+    case storage_choice::mmap:
+        if (!src_is_mapped)
+            throw engram::unsupported_error("--storage mmap needs rows stored as F32 in the case file, or --table");
+        run_layer(in, src);
+        return;
+    case storage_choice::dense:
+        run_layer(in, dense_copy(src, 0, src.rows()));
+        return;
+    case storage_choice::sharded: {
+        const auto bounds = engram::shard_bounds_by_rows(src.rows(), std::min(choice.shards, src.rows()));
+        run_layer(in, engram::make_sharded_table(
+                          std::span<const std::size_t>(bounds),
+                          [&](std::size_t first, std::size_t count) { return dense_copy(src, first, first + count); }));
+        return;
+    }
+    case storage_choice::cached: {
+        engram::cached_table<Source> cache(std::shared_ptr<const Source>(&src, [](const Source*) {}), choice.bytes);
+        run_layer(in, cache);
+        std::cout << "cache: " << cache.hits() << " hits, " << cache.misses() << " misses (hit rate "
+                  << 100.0 * cache.hit_rate() << "%)\n";
+        return;
+    }
+    }
+}
+
+/// The table file must have been packed for this layer: same layout and vocabulary.
+void check_table_matches(const engram::table_file& tf, const engram::layer<>& layer) {
+    const auto& mine = layer.layout();
+    if (tf.rows() != static_cast<std::size_t>(mine.total_rows) || tf.dim() != static_cast<std::size_t>(mine.head_dim))
+        throw engram::config_error("table file has " + std::to_string(tf.rows()) + " x " + std::to_string(tf.dim()) +
+                                   " rows, the case's layer needs " + std::to_string(mine.total_rows) + " x " +
+                                   std::to_string(mine.head_dim));
+    if (tf.vocab()) {
+        const auto theirs = tf.layout();
+        if (theirs.primes != mine.primes || theirs.offsets != mine.offsets || theirs.multipliers != mine.multipliers)
+            throw engram::config_error(
+                "table file was packed for another layout (primes, offsets or multipliers differ)");
+        if (!(*tf.vocab() == layer.vocab()))
+            throw engram::config_error("table file's canonical vocabulary differs from the case's 'lookup'");
+    }
+}
+
 int cmd_forward(const std::vector<std::string>& argv) {
-    constexpr const char* usage = "engram forward CASE.safetensors -o OUT.safetensors [--stream]";
-    const auto a = args::parse(argv, {"--stream"});
+    // --table and --storage take values; the shared parser knows only flags, so take them first.
+    std::vector<std::string> rest;
+    std::optional<std::string> table_path, storage_text;
+    for (std::size_t i = 0; i < argv.size(); ++i) {
+        auto value = [&](const std::string& name) {
+            if (i + 1 >= argv.size()) throw usage_error(name + " needs a value");
+            return argv[++i];
+        };
+        if (argv[i] == "--table")
+            table_path = value("--table");
+        else if (argv[i].rfind("--table=", 0) == 0)
+            table_path = argv[i].substr(8);
+        else if (argv[i] == "--storage")
+            storage_text = value("--storage");
+        else if (argv[i].rfind("--storage=", 0) == 0)
+            storage_text = argv[i].substr(10);
+        else
+            rest.push_back(argv[i]);
+    }
+    const auto a = args::parse(rest, {"--stream"});
     if (a.help) {
         std::cout << "usage: " << usage << "\n\n"
                   << "Loads the layer of a forward case (config metadata, 'lookup', the weights under the\n"
                   << "reference state-dict names), runs it on 'input_ids' (I64 [B, T]) and 'hidden_states'\n"
-                  << "(F32 [B, T, M, H]) and writes 'output' (F32 [B, T, M, H]). With --stream the tokens go\n"
-                  << "through the decode state one at a time; the output is the same.\n";
+                  << "(F32 [B, T, M, H]) and writes 'output' (F32 [B, T, M, H]).\n"
+                  << "  --stream      feed the tokens one at a time through the decode state (same output)\n"
+                  << "  --table FILE  take the embedding rows from a table file (engram pack), any codec\n"
+                  << "  --storage S   serve the rows from: dense (RAM), mmap (the file, zero-copy; default\n"
+                  << "                with --table), sharded:N (N row ranges), cached:BYTES (a hot-row cache,\n"
+                  << "                e.g. cached:16M, in front of the file or the case's rows)\n";
         return 0;
     }
     a.expect(1, true, usage);
+    const storage_choice choice = parse_storage(storage_text.value_or(table_path ? "mmap" : "dense"));
+
     const auto file = engram::safetensors_file::open(a.positional[0]);
     const auto layer = engram::load_layer(file);
     const auto& cfg = layer.config();
     const auto ids = read_ids(file, "input_ids", 2);
     const auto& id_shape = file.at("input_ids").shape;
-    const auto batch = static_cast<std::size_t>(id_shape[0]);
-    const auto seq = static_cast<std::size_t>(id_shape[1]);
     const std::vector<std::int64_t> hidden_shape = {id_shape[0], id_shape[1], cfg.branches, cfg.hidden};
     const auto hidden = engram::detail::checkpoint_floats(file, "hidden_states", hidden_shape);
-
     std::vector<float> out(hidden.size());
-    if (a.has("--stream")) {
-        const std::size_t mh = static_cast<std::size_t>(cfg.branches * cfg.hidden);
-        for (std::size_t b = 0; b < batch; ++b) {
-            auto state = layer.new_decode_state();
-            for (std::size_t t = 0; t < seq; ++t) {
-                const std::size_t i = b * seq + t;
-                layer.decode_step(state, ids[i], std::span<const float>(hidden).subspan(i * mh, mh),
-                                  std::span<float>(out).subspan(i * mh, mh));
-            }
-        }
+    const run_inputs in{layer,
+                        ids,
+                        hidden,
+                        out,
+                        static_cast<std::size_t>(id_shape[0]),
+                        static_cast<std::size_t>(id_shape[1]),
+                        a.has("--stream")};
+
+    std::string source = "the case";
+    if (table_path) {
+        const auto tf = engram::table_file::open(*table_path);
+        check_table_matches(tf, layer);
+        tf.visit_rows([&](const auto& rows) { run_tier(in, rows, choice, true); });
+        source = *table_path + " (" + tf.codec() + ")";
+    } else if (choice.kind == storage_choice::dense) {
+        run_layer(in, layer.table());
+    } else if (choice.kind == storage_choice::mmap &&
+               file.at("multi_head_embedding.embedding.weight").type != engram::dtype::f32) {
+        throw engram::unsupported_error("--storage mmap needs 'multi_head_embedding.embedding.weight' stored as F32");
+    } else if (choice.kind == storage_choice::mmap) {
+        const auto mapped = engram::mmap_storage::table<float>::from_safetensors(
+            a.positional[0], "multi_head_embedding.embedding.weight");
+        run_tier(in, mapped, choice, true);
     } else {
-        layer.forward(ids, batch, seq, hidden, out);
+        run_tier(in, layer.table(), choice, false);
     }
+
     engram::safetensors_writer writer;
     writer.add("output", hidden_shape, out);
     writer.set_metadata("config", engram::to_json(cfg).dump());
     writer.write(*a.output);
-    std::cout << "ran layer " << cfg.layer_id << " on " << batch << " x " << seq << " tokens"
-              << (a.has("--stream") ? " (streamed)" : "") << "; wrote " << *a.output << '\n';
+    std::cout << "ran layer " << cfg.layer_id << " on " << in.batch << " x " << in.seq << " tokens"
+              << (in.stream ? " (streamed)" : "") << ", rows from " << source << " via " << choice.text << "; wrote "
+              << *a.output << '\n';
     return 0;
 }
 
-const registration reg_cmd_forward{
-    {"forward", "forward CASE.safetensors -o OUT.safetensors [--stream]  run the Engram layer of a forward case",
+const registration reg_forward{
+    {"forward", "forward CASE -o OUT [--stream] [--table T] [--storage S]  run the Engram layer of a forward case",
      &cmd_forward}};
 
 } // namespace

@@ -295,6 +295,14 @@ public:
     /// @param keep production fusion: false zeroes this token's gate (the token mask).
     void decode_step(decode_state& state, token_id raw, std::span<const float> hidden, std::span<float> out,
                      bool keep = true) const {
+        decode_step(table_, state, raw, hidden, out, keep);
+    }
+
+    /// @brief `decode_step` with the rows read from another table (see `forward(rows_table, ...)`).
+    template <storage_table Table>
+    void decode_step(const Table& rows_table, decode_state& state, token_id raw, std::span<const float> hidden,
+                     std::span<float> out, bool keep = true) const {
+        check_table(rows_table);
         if (hidden.size() != branch_width() || out.size() != branch_width())
             throw input_error("decode_step: hidden and out need M*H = " + std::to_string(branch_width()) + " values");
         if (!keep && !fusion_type::supports_token_mask)
@@ -302,7 +310,7 @@ public:
         std::vector<row_id> token_rows(num_heads());
         state.ngram_.push(raw, token_rows); // validates raw; nothing changes on error
         std::vector<float> e(memory_dim());
-        gather(table_, std::span<const row_id>(token_rows), std::span<float>(e));
+        rows_table.gather(std::span<const row_id>(token_rows), std::span<float>(e));
         const Eigen::Map<const row_matrix> em(e.data(), 1, static_cast<Eigen::Index>(memory_dim()));
         row_matrix p = em * proj_w_.transpose();
         p.row(0) += proj_b_.transpose();
@@ -340,8 +348,8 @@ private:
                                         std::optional<std::vector<std::int64_t>> multipliers) {
         if (vocab.empty()) throw config_error("layer: the canonical vocabulary is empty");
         if (cfg.dead_token && (*cfg.dead_token < 0 || static_cast<std::size_t>(*cfg.dead_token) >= vocab.vocab_size()))
-            throw config_error("config: dead_token " + std::to_string(*cfg.dead_token) + " is outside the vocabulary [0, " +
-                               std::to_string(vocab.vocab_size()) + ")");
+            throw config_error("config: dead_token " + std::to_string(*cfg.dead_token) +
+                               " is outside the vocabulary [0, " + std::to_string(vocab.vocab_size()) + ")");
         auto layout =
             make_layout(cfg.hash, cfg.layer_id, vocab.canonical_size(), vocab.canonical_pad_id(cfg.hash.pad_id));
         if (multipliers) set_multipliers(layout, std::move(*multipliers));
