@@ -303,14 +303,48 @@ public:
     void decode_step(const Table& rows_table, decode_state& state, token_id raw, std::span<const float> hidden,
                      std::span<float> out, bool keep = true) const {
         check_table(rows_table);
-        if (hidden.size() != branch_width() || out.size() != branch_width())
+        check_step(hidden.size(), out.size(), keep);
+        std::vector<row_id> token_rows(num_heads());
+        auto next = state.ngram_.fork();
+        next.push(raw, token_rows); // validates raw
+        std::vector<float> e(memory_dim());
+        rows_table.gather(std::span<const row_id>(token_rows), std::span<float>(e));
+        state.ngram_ = std::move(next);
+        step_apply(state, e, hidden, out, keep);
+    }
+
+    /// @brief `decode_step` on a memory vector fetched already (e.g. by a prefetcher from a
+    ///        decode plan): `e` (D values) must be the rows of `raw` at this position.
+    /// @param expected_rows if given, the row ids `e` was gathered from; input_error (state
+    ///        unchanged) if they are not this position's rows.
+    void decode_step_memory(decode_state& state, token_id raw, std::span<const float> e, std::span<const float> hidden,
+                            std::span<float> out, bool keep = true, std::span<const row_id> expected_rows = {}) const {
+        check_step(hidden.size(), out.size(), keep);
+        if (e.size() != memory_dim())
+            throw input_error("decode_step_memory: e has " + std::to_string(e.size()) +
+                              " values, expected D = " + std::to_string(memory_dim()));
+        std::vector<row_id> token_rows(num_heads());
+        auto next = state.ngram_.fork();
+        next.push(raw, token_rows);
+        if (!expected_rows.empty() &&
+            !std::equal(token_rows.begin(), token_rows.end(), expected_rows.begin(), expected_rows.end()))
+            throw input_error("decode_step_memory: token " + std::to_string(raw) +
+                              " does not give the rows the memory vector was gathered from");
+        state.ngram_ = std::move(next);
+        step_apply(state, e, hidden, out, keep);
+    }
+
+private:
+    void check_step(std::size_t hidden_size, std::size_t out_size, bool keep) const {
+        if (hidden_size != branch_width() || out_size != branch_width())
             throw input_error("decode_step: hidden and out need M*H = " + std::to_string(branch_width()) + " values");
         if (!keep && !fusion_type::supports_token_mask)
             throw input_error("decode_step: a token mask needs a fusion that supports it (production_fusion)");
-        std::vector<row_id> token_rows(num_heads());
-        state.ngram_.push(raw, token_rows); // validates raw; nothing changes on error
-        std::vector<float> e(memory_dim());
-        rows_table.gather(std::span<const row_id>(token_rows), std::span<float>(e));
+    }
+
+    /// Projections, gate and fusion of one decode position; advances the state.
+    void step_apply(decode_state& state, std::span<const float> e, std::span<const float> hidden, std::span<float> out,
+                    bool keep) const {
         const Eigen::Map<const row_matrix> em(e.data(), 1, static_cast<Eigen::Index>(memory_dim()));
         row_matrix p = em * proj_w_.transpose();
         p.row(0) += proj_b_.transpose();
@@ -322,7 +356,6 @@ public:
         state.advance();
     }
 
-private:
     /// A row-major `[rows, H]` view with a row stride (in floats).
     template <class T>
     struct strided {
