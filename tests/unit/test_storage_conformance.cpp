@@ -5,12 +5,16 @@
 
 #include <engram/engram.hpp>
 #include <engram/storage/cached.hpp>
+#include <engram/storage/file.hpp>
+#include <engram/storage/mmap.hpp>
 #include <engram/storage/sharded.hpp>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <memory>
 #include <random>
@@ -18,6 +22,8 @@
 #include <tuple>
 #include <type_traits>
 #include <vector>
+
+#include <unistd.h> // for getpid
 
 namespace {
 
@@ -186,12 +192,52 @@ struct cached_policy_case {
     }
 };
 
+/// Writes f's rows, encoded as `Row`, after a 100-byte header to a fresh file; returns its path.
+/// The tables below open it, then the file is unlinked: the open mapping / descriptor keeps it.
+template <class Row>
+std::filesystem::path write_rows_file(const fixture& f, const char* stem) {
+    dense_t<Row> t(f.rows, f.dim);
+    fill(t, f);
+    static int counter = 0;
+    const auto path =
+        std::filesystem::temp_directory_path() / (std::string("engram_conformance_") + stem + "_" +
+                                                  std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    std::ofstream out(path, std::ios::binary);
+    const std::string header(100, 'h');
+    out.write(header.data(), static_cast<std::streamsize>(header.size()));
+    out.write(reinterpret_cast<const char*>(t.bytes()), static_cast<std::streamsize>(t.size_bytes()));
+    return path;
+}
+
+template <class Row>
+struct mmap_case {
+    using row = Row;
+    static auto make(const fixture& f) {
+        const auto path = write_rows_file<Row>(f, "mmap");
+        engram::mmap_storage::table<Row> t(path, 100, f.rows, f.dim);
+        std::filesystem::remove(path);
+        return t;
+    }
+};
+
+template <class Row>
+struct file_case {
+    using row = Row;
+    static auto make(const fixture& f) {
+        const auto path = write_rows_file<Row>(f, "file");
+        engram::file_table<Row> t(path, 100, f.rows, f.dim);
+        std::filesystem::remove(path);
+        return t;
+    }
+};
+
 using all_cases =
     std::tuple<dense_case<float>, dense_case<bfloat16>, sharded_rows_case<float>, sharded_rows_case<bfloat16>,
                sharded_head_case<float>, sharded_head_case<bfloat16>, sharded_grouped_case<float>,
                sharded_grouped_case<bfloat16>, sharded_policy_case<float>, sharded_policy_case<bfloat16>,
                cached_dense_case<float>, cached_dense_case<bfloat16>, cached_sharded_case<float>,
-               cached_sharded_case<bfloat16>, cached_policy_case<float>, cached_policy_case<bfloat16>>;
+               cached_sharded_case<bfloat16>, cached_policy_case<float>, cached_policy_case<bfloat16>, mmap_case<float>,
+               mmap_case<bfloat16>, file_case<float>, file_case<bfloat16>>;
 
 template <class T>
 concept counting = requires(const T& t) {
