@@ -5,6 +5,7 @@
 
 #include <engram/concepts.hpp>
 #include <engram/config.hpp>
+#include <engram/hash/fast_mod.hpp>
 #include <engram/hash/layout.hpp>
 #include <engram/types.hpp>
 
@@ -26,7 +27,7 @@ public:
 
     explicit multiply_xor_family(const layer_layout& layout)
         : multipliers_(layout.multipliers.begin(), layout.multipliers.end()),
-          primes_(layout.primes.begin(), layout.primes.end()) {}
+          moduli_(layout.primes.begin(), layout.primes.end()) {}
 
     template <int N>
     [[nodiscard]] mix_type mix(const token_id* window) const noexcept {
@@ -36,14 +37,13 @@ public:
     }
 
     [[nodiscard]] std::int64_t reduce(mix_type mix, std::size_t head) const noexcept {
-        const std::int64_t p = primes_[head];
-        const std::int64_t r = mix % p;
-        return r < 0 ? r + p : r;
+        // Barrett reduction instead of a 64-bit division (exact; see fast_mod).
+        return moduli_[head].floor_mod(mix);
     }
 
 private:
     std::vector<std::uint64_t> multipliers_;
-    std::vector<std::int64_t> primes_;
+    std::vector<fast_mod> moduli_;
 };
 
 static_assert(hash_family<multiply_xor_family>);

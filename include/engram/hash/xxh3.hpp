@@ -5,6 +5,7 @@
 #include <engram/concepts.hpp>
 #include <engram/config.hpp>
 #include <engram/detail/xxhash.hpp>
+#include <engram/hash/fast_mod.hpp>
 #include <engram/hash/layout.hpp>
 #include <engram/types.hpp>
 
@@ -30,11 +31,11 @@ public:
 
     static_assert(std::endian::native == std::endian::little, "xxh3_family hashes little-endian token bytes");
 
-    explicit xxh3_family(const layer_layout& layout) : primes_(layout.primes.begin(), layout.primes.end()) {
-        seeds_.reserve(primes_.size());
+    explicit xxh3_family(const layer_layout& layout) : moduli_(layout.primes.begin(), layout.primes.end()) {
+        seeds_.reserve(moduli_.size());
         std::uint64_t state = static_cast<std::uint64_t>(layout.seed) ^
                               (static_cast<std::uint64_t>(layout.layer_id) * 0x9E3779B97F4A7C15ull);
-        for (std::size_t h = 0; h < primes_.size(); ++h) seeds_.push_back(splitmix64(state));
+        for (std::size_t h = 0; h < moduli_.size(); ++h) seeds_.push_back(splitmix64(state));
     }
 
     template <int N>
@@ -44,7 +45,7 @@ public:
 
     [[nodiscard]] std::int64_t reduce(mix_type window, std::size_t head) const noexcept {
         const std::uint64_t h = XXH3_64bits_withSeed(window.data(), window.size_bytes(), seeds_[head]);
-        return static_cast<std::int64_t>(h % static_cast<std::uint64_t>(primes_[head]));
+        return static_cast<std::int64_t>(moduli_[head](h));
     }
 
 private:
@@ -55,7 +56,7 @@ private:
         return z ^ (z >> 31);
     }
 
-    std::vector<std::int64_t> primes_;
+    std::vector<fast_mod> moduli_;
     std::vector<std::uint64_t> seeds_;
 };
 
