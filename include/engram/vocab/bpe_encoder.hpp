@@ -504,20 +504,7 @@ public:
     ///         unsupported_error for a model, normalizer or pre-tokenizer this encoder does not
     ///         implement (the message names it)
     static bpe_encoder from_tokenizer_json(const std::filesystem::path& file) {
-        const std::string name = file.string();
-        std::error_code ec;
-        const auto status = std::filesystem::status(file, ec);
-        if (ec) throw io_error("cannot read tokenizer.json " + name + ": " + ec.message());
-        if (!std::filesystem::is_regular_file(status))
-            throw io_error("cannot read tokenizer.json " + name + ": not a regular file");
-        std::ifstream in(file, std::ios::binary);
-        if (!in) throw io_error("cannot open tokenizer.json " + name + ": " + std::generic_category().message(errno));
-        std::string text;
-        std::array<char, 1 << 16> chunk;
-        while (in.read(chunk.data(), chunk.size()) || in.gcount() > 0)
-            text.append(chunk.data(), static_cast<std::size_t>(in.gcount()));
-        if (in.bad()) throw io_error("cannot read tokenizer.json " + name + ": read error");
-        return from_text(text, name);
+        return from_text(detail::tokenizer_json::read_file(file), file.string());
     }
 
     /// @brief As `from_tokenizer_json`, from the file's text.

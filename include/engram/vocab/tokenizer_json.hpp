@@ -295,6 +295,24 @@ inline std::string canonical_key(std::string_view text, std::string_view raw_tok
 
 namespace detail::tokenizer_json {
 
+/// The whole of a tokenizer.json file. @throws io_error naming the path.
+inline std::string read_file(const std::filesystem::path& file) {
+    const std::string name = file.string();
+    std::error_code ec;
+    const auto status = std::filesystem::status(file, ec);
+    if (ec) throw io_error("cannot read tokenizer.json " + name + ": " + ec.message());
+    if (!std::filesystem::is_regular_file(status))
+        throw io_error("cannot read tokenizer.json " + name + ": not a regular file");
+    std::ifstream in(file, std::ios::binary);
+    if (!in) throw io_error("cannot open tokenizer.json " + name + ": " + std::generic_category().message(errno));
+    std::string text;
+    std::array<char, 1 << 16> chunk;
+    while (in.read(chunk.data(), chunk.size()) || in.gcount() > 0)
+        text.append(chunk.data(), static_cast<std::size_t>(in.gcount()));
+    if (in.bad()) throw io_error("cannot read tokenizer.json " + name + ": read error");
+    return text;
+}
+
 using json = nlohmann::json;
 
 inline const char* describe(json::value_t type) noexcept {
@@ -464,20 +482,7 @@ inline canonical_table canonical_table_from_tokenizer_json_text(std::string_view
 /// @throws io_error naming the path if the file cannot be read; otherwise as the text form,
 ///         with the path in the message
 inline canonical_table canonical_table_from_tokenizer_json(const std::filesystem::path& file) {
-    const std::string name = file.string();
-    std::error_code ec;
-    const auto status = std::filesystem::status(file, ec);
-    if (ec) throw io_error("cannot read tokenizer.json " + name + ": " + ec.message());
-    if (!std::filesystem::is_regular_file(status))
-        throw io_error("cannot read tokenizer.json " + name + ": not a regular file");
-    std::ifstream in(file, std::ios::binary);
-    if (!in) throw io_error("cannot open tokenizer.json " + name + ": " + std::generic_category().message(errno));
-    std::string text;
-    std::array<char, 1 << 16> chunk;
-    while (in.read(chunk.data(), chunk.size()) || in.gcount() > 0)
-        text.append(chunk.data(), static_cast<std::size_t>(in.gcount()));
-    if (in.bad()) throw io_error("cannot read tokenizer.json " + name + ": read error");
-    return detail::tokenizer_json::table_from_text(text, name);
+    return detail::tokenizer_json::table_from_text(detail::tokenizer_json::read_file(file), file.string());
 }
 
 ENGRAM_END_NAMESPACE
