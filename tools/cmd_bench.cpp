@@ -1,9 +1,11 @@
+// engram bench [lookup]: the main job (hashing, gather, forward and decode against their limits).
 // engram bench prefetch: rows fetched ahead from a table file whose pages are out of the page
 // cache, overlapped with a simulated host compute; prints fetch times and the throughput penalty.
 #include "cli.hpp"
 
 #include <engram/hash/hasher.hpp>
 #include <engram/hash/layout.hpp>
+#include <engram/layer.hpp>
 #include <engram/prefetch.hpp>
 #include <engram/storage/dense.hpp>
 #include <engram/storage/file.hpp>
@@ -16,11 +18,16 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <fstream>
+#include <iomanip>
 #include <iostream>
+#include <iterator>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -459,7 +466,366 @@ private:
     float sink_ = 0;
 };
 
-int cmd_bench(const std::vector<std::string>& argv) {
+template <class... A>
+std::string lformat(const char* f, A... a) {
+    char buf[512];
+    std::snprintf(buf, sizeof buf, f, a...);
+    return buf;
+}
+
+// ---- engram bench [lookup]: the main job -------------------------------------------------------
+
+struct lookup_options {
+    bool quick = false;
+    std::size_t reps = 0; ///< 0: 5 (3 with --quick)
+    std::string json;
+    std::string tokens;
+};
+
+/// Canonical ids read from a file of whitespace-separated integers, checked against the vocabulary.
+std::vector<engram::token_id> read_token_file(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) throw engram::io_error("bench: cannot open '" + path + "'");
+    std::vector<engram::token_id> out;
+    std::string word;
+    while (in >> word) {
+        std::size_t used = 0;
+        long long v = -1;
+        try {
+            v = std::stoll(word, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        if (used != word.size() || v < 0 || v >= bench_vocab)
+            throw engram::input_error("bench: '" + path + "': token '" + word + "' is not an id in [0, " +
+                                      std::to_string(bench_vocab) + ")");
+        out.push_back(static_cast<engram::token_id>(v));
+    }
+    if (out.size() < 1024) throw engram::input_error("bench: '" + path + "' has fewer than 1024 tokens");
+    return out;
+}
+
+/// Prints "  building ...: N s" on stderr every second while a long step runs (only on a terminal).
+class progress_ticker {
+public:
+    explicit progress_ticker(std::string what) : what_(std::move(what)), t0_(clock_type::now()) {
+        std::cout << "  " << what_ << " ..." << std::flush;
+        if (::isatty(2) != 0)
+            thread_ = std::thread([this] {
+                std::unique_lock lock(m_);
+                while (!cv_.wait_for(lock, std::chrono::seconds(1), [this] { return done_; }))
+                    std::cerr << "\r  " << what_ << ": " << static_cast<int>(seconds_since(t0_)) << " s " << std::flush;
+                std::cerr << "\r" << std::string(what_.size() + 16, ' ') << "\r" << std::flush;
+            });
+    }
+    progress_ticker(const progress_ticker&) = delete;
+    progress_ticker& operator=(const progress_ticker&) = delete;
+    ~progress_ticker() { finish(); }
+    void finish() {
+        if (finished_) return;
+        finished_ = true;
+        {
+            std::lock_guard lock(m_);
+            done_ = true;
+        }
+        cv_.notify_all();
+        if (thread_.joinable()) thread_.join();
+        std::cout << " " << std::fixed << std::setprecision(1) << seconds_since(t0_) << " s\n" << std::flush;
+    }
+
+private:
+    std::string what_;
+    clock_type::time_point t0_;
+    std::mutex m_;
+    std::condition_variable cv_;
+    bool done_ = false, finished_ = false;
+    std::thread thread_;
+};
+
+volatile std::uint64_t g_sink = 0;
+
+/// Best (smallest) seconds of `reps` runs of `body(rep)`.
+template <class Body>
+double best_seconds(std::size_t reps, Body&& body) {
+    double best = 1e300;
+    for (std::size_t r = 0; r < reps; ++r) {
+        const auto t0 = clock_type::now();
+        body(r);
+        best = std::min(best, seconds_since(t0));
+    }
+    return best;
+}
+
+/// Runs `body(part)` for parts 0..n-1 on n threads (part 0 on the caller).
+template <class Body>
+void on_threads(std::size_t n, Body&& body) {
+    std::vector<std::thread> workers;
+    for (std::size_t p = 1; p < n; ++p) workers.emplace_back([&body, p] { body(p); });
+    body(0);
+    for (auto& w : workers) w.join();
+}
+
+/// The limit probe: rows copied by a bare memcpy loop (no checks, no conversion, no prefetch).
+template <class V>
+void probe_copy(const engram::dense_storage::table<V>& t, std::span<const engram::row_id> rows, V* out) {
+    const std::size_t dim = t.dim(), bytes = dim * sizeof(V);
+    const V* base = t.data();
+    for (std::size_t i = 0; i < rows.size(); ++i)
+        std::memcpy(out + i * dim, base + static_cast<std::size_t>(rows[i]) * dim, bytes);
+}
+
+/// Sequential read bandwidth (bytes/s, best of reps): sums `bytes` of the buffer as 64-bit words.
+double read_bandwidth(const void* data, std::size_t bytes, std::size_t reps) {
+    const auto* w = static_cast<const std::uint64_t*>(data);
+    const std::size_t n = bytes / 8;
+    const double s = best_seconds(reps, [&](std::size_t) {
+        std::uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+        std::size_t i = 0;
+        for (; i + 4 <= n; i += 4) {
+            a0 += w[i];
+            a1 += w[i + 1];
+            a2 += w[i + 2];
+            a3 += w[i + 3];
+        }
+        for (; i < n; ++i) a0 += w[i];
+        g_sink = g_sink + a0 + a1 + a2 + a3;
+    });
+    return static_cast<double>(n * 8) / s;
+}
+
+std::string fmt_num(double v, int digits) {
+    std::ostringstream os;
+    os.setf(std::ios::fixed);
+    os.precision(digits);
+    os << v;
+    return os.str();
+}
+
+/// Writes `text` to `path` atomically: a temporary file in the same directory, then rename.
+void write_atomically(const std::string& path, const std::string& text) {
+    const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+    {
+        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+        out << text;
+        out.flush();
+        if (!out) {
+            ::unlink(tmp.c_str());
+            throw engram::io_error("bench: cannot write '" + tmp + "'");
+        }
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+        const int err = errno;
+        ::unlink(tmp.c_str());
+        throw engram::io_error("bench: cannot rename '" + tmp + "' to '" + path + "': " + std::strerror(err));
+    }
+}
+
+int run_lookup(const lookup_options& opt) {
+    Eigen::setNbThreads(1);
+    const std::size_t reps = opt.reps ? opt.reps : (opt.quick ? 3 : 5);
+    engram::layer_config cfg;
+    if (opt.quick) cfg.hash.table_size_per_ngram = {80800, 80800}; // 1/8 of the default rows
+    engram::layer<> layer(cfg, engram::canonical_table::identity(static_cast<std::size_t>(bench_vocab)));
+    const auto& table = layer.table();
+    const std::size_t heads = layer.num_heads(), dim = table.dim(), rows = table.rows();
+    const std::size_t H = static_cast<std::size_t>(cfg.hidden), M = static_cast<std::size_t>(cfg.branches);
+    const std::size_t D = layer.memory_dim(), Kc = static_cast<std::size_t>(cfg.kernel_size);
+    std::cout << "engram bench" << (opt.quick ? " --quick" : "") << ": layer " << rows << " rows x " << dim << " f32 ("
+              << fmt_num(static_cast<double>(table.size_bytes()) / 1e9, 2) << " GB), " << heads << " heads, D = " << D
+              << ", H = " << H << ", M = " << M << ", Kc = " << Kc << "; single thread, best of " << reps << "\n";
+    {
+        progress_ticker p("building the layer (randomize: rows, projections, norms, conv)");
+        layer.randomize(1);
+    }
+    engram::dense_storage::table<engram::bfloat16> table16(rows, dim);
+    {
+        progress_ticker p("building the bf16 copy of the rows");
+        const auto src = table.values();
+        const auto dst = table16.values();
+        on_threads(2, [&](std::size_t part) {
+            const std::size_t lo = src.size() * part / 2, hi = src.size() * (part + 1) / 2;
+            for (std::size_t i = lo; i < hi; ++i) dst[i] = engram::bfloat16::from_float(src[i]);
+        });
+    }
+
+    // Tokens: one long stream; each gather repetition takes its next slice.
+    const std::size_t slice_tokens = opt.quick ? 16384 : 65536;
+    std::vector<engram::token_id> tokens;
+    if (!opt.tokens.empty()) {
+        tokens = read_token_file(opt.tokens);
+    } else {
+        tokens = zipf_stream(std::size_t{1} << (opt.quick ? 18 : 20), 1);
+    }
+    const std::size_t n_tok = tokens.size();
+    std::cout << "  tokens: " << n_tok
+              << (opt.tokens.empty() ? " Zipf(1.1) ids over " : " ids from '" + opt.tokens + "', V' = ")
+              << (opt.tokens.empty() ? std::to_string(bench_vocab) : std::to_string(bench_vocab)) << "\n";
+
+    // 1. Hashing: the whole stream in chunks of 16384 tokens (batch 1), 1 and 2 threads.
+    const auto& hasher = layer.hasher();
+    std::vector<engram::row_id> stream_rows(n_tok * heads);
+    const std::size_t chunk = 16384;
+    auto hash_range = [&](std::size_t lo, std::size_t hi) {
+        for (std::size_t at = lo; at < hi; at += chunk) {
+            const std::size_t n = std::min(chunk, hi - at);
+            hasher.rows(std::span<const engram::token_id>(tokens).subspan(at, n), 1, n,
+                        std::span<engram::row_id>(stream_rows).subspan(at * heads, n * heads));
+        }
+    };
+    const double hash_s = best_seconds(reps, [&](std::size_t) { hash_range(0, n_tok); });
+    const double hash_s2 = best_seconds(reps, [&](std::size_t) {
+        on_threads(2, [&](std::size_t p) {
+            hash_range(n_tok * p / 2 / chunk * chunk, p ? n_tok : n_tok / 2 / chunk * chunk);
+        });
+    });
+    hash_range(0, n_tok); // the row ids the gathers read
+    const double hash_mtok = static_cast<double>(n_tok) / hash_s / 1e6;
+    const double hash_mtok2 = static_cast<double>(n_tok) / hash_s2 / 1e6;
+
+    // 2. Gathers: slices of the stream, a shared cursor so that no measurement re-reads the rows
+    //    the previous one just read.
+    const std::size_t slice = std::min(slice_tokens, n_tok);
+    std::size_t cursor = 0;
+    auto next_slice = [&]() {
+        if (cursor + slice > n_tok) cursor = 0;
+        const auto s = std::span<const engram::row_id>(stream_rows).subspan(cursor * heads, slice * heads);
+        cursor += slice;
+        return s;
+    };
+    std::vector<float> out(slice * heads * dim);
+    std::vector<engram::bfloat16> out16(slice * heads * dim);
+    auto rate = [&](double s) { return static_cast<double>(slice) / s / 1e6; };
+    const double gather_mtok =
+        rate(best_seconds(reps, [&](std::size_t) { engram::gather(table, next_slice(), std::span<float>(out)); }));
+    const double probe_mtok =
+        rate(best_seconds(reps, [&](std::size_t) { probe_copy(table, next_slice(), out.data()); }));
+    const double gather16_mtok =
+        rate(best_seconds(reps, [&](std::size_t) { engram::gather(table16, next_slice(), std::span<float>(out)); }));
+    const double probe16_mtok =
+        rate(best_seconds(reps, [&](std::size_t) { probe_copy(table16, next_slice(), out16.data()); }));
+    const double gather_mtok2 = rate(best_seconds(reps, [&](std::size_t) {
+        const auto ids = next_slice();
+        const std::size_t half = ids.size() / 2 / heads * heads;
+        on_threads(2, [&](std::size_t p) {
+            const auto part = p ? ids.subspan(half) : ids.first(half);
+            engram::gather(table, part, std::span<float>(out).subspan(p ? half * dim : 0, part.size() * dim));
+        });
+    }));
+    g_sink = g_sink + static_cast<std::uint64_t>(out[out.size() / 2] != 0.0f) + out16[7].bits;
+
+    // 3. Forward, B = 1, T = 512, against a GEMM of the projection shapes alone.
+    const std::size_t T = std::min<std::size_t>(512, n_tok);
+    std::vector<float> hidden(T * M * H), fwd_out(T * M * H);
+    {
+        std::mt19937_64 rng(3);
+        std::normal_distribution<float> normal(0.0f, 1.0f);
+        for (auto& v : hidden) v = normal(rng);
+    }
+    const std::size_t fwd_reps = opt.quick ? 3 : 2 * reps;
+    std::size_t fwd_at = 0;
+    const double forward_ms =
+        1e3 * best_seconds(fwd_reps, [&](std::size_t) {
+            if (fwd_at + T > n_tok) fwd_at = 0;
+            layer.forward(std::span<const engram::token_id>(tokens).subspan(fwd_at, T), 1, T, hidden, fwd_out);
+            fwd_at += T;
+        });
+    engram::row_matrix x = engram::row_matrix::Random(static_cast<Eigen::Index>(T), static_cast<Eigen::Index>(D));
+    engram::row_matrix y(static_cast<Eigen::Index>(T), static_cast<Eigen::Index>((1 + M) * H));
+    const auto& w = layer.projection_weight();
+    const double bound_ms = 1e3 * best_seconds(fwd_reps, [&](std::size_t) { y.noalias() = x * w.transpose(); });
+    g_sink = g_sink + static_cast<std::uint64_t>(y(0, 0) != 0.0f) + static_cast<std::uint64_t>(fwd_out[5] != 0.0f);
+
+    // 4. Decode step against weight bytes / read bandwidth.
+    const std::size_t bw_bytes = std::min<std::size_t>(std::size_t{1} << 30, table.size_bytes());
+    const double bandwidth = read_bandwidth(table.data(), bw_bytes, reps);
+    const double weight_bytes =
+        4.0 * static_cast<double>((1 + M) * H * D + (1 + M) * H + 2 * M * H + M * H * Kc + M * H);
+    const double decode_bound_us = weight_bytes / bandwidth * 1e6;
+    auto state = layer.new_decode_state();
+    std::vector<float> step_in(M * H), step_out(M * H);
+    std::copy_n(hidden.begin(), step_in.size(), step_in.begin());
+    const std::size_t block = opt.quick ? 32 : 64;
+    std::size_t dec_at = 0;
+    const double decode_us = 1e6 / static_cast<double>(block) * best_seconds(reps + 1, [&](std::size_t) {
+                                 for (std::size_t i = 0; i < block; ++i) {
+                                     layer.decode_step(state, tokens[dec_at], step_in, step_out);
+                                     dec_at = (dec_at + 1) % n_tok;
+                                 }
+                             });
+
+    // Report.
+    const std::string gb = fmt_num(static_cast<double>(table.size_bytes()) / 1e9, 2);
+    struct line {
+        std::string figure, ours, limit, ratio;
+    };
+    const std::vector<line> lines = {
+        {"hash, 1 layer x " + std::to_string(heads) + " heads", fmt_num(hash_mtok, 1) + " Mtok/s",
+         "NumPy peer: separate script", "-"},
+        {"gather f32, " + std::to_string(slice) + " tok/batch", fmt_num(gather_mtok, 2) + " Mtok/s",
+         "probe " + fmt_num(probe_mtok, 2) + " Mtok/s", fmt_num(gather_mtok / probe_mtok, 2)},
+        {"gather bf16 -> f32", fmt_num(gather16_mtok, 2) + " Mtok/s", "probe " + fmt_num(probe16_mtok, 2) + " Mtok/s",
+         fmt_num(gather16_mtok / probe16_mtok, 2)},
+        {"forward B=1 T=" + std::to_string(T), fmt_num(forward_ms, 2) + " ms", "GEMM " + fmt_num(bound_ms, 2) + " ms",
+         fmt_num(bound_ms / forward_ms, 2)},
+        {"decode step, f32 weights", fmt_num(decode_us, 1) + " us", "bound " + fmt_num(decode_bound_us, 1) + " us",
+         fmt_num(decode_bound_us / decode_us, 2)},
+        {"decode step, bf16 weights", "n/a", "n/a (no bf16 weights)", "-"},
+        {"threads (forward, figures)", "1", "", ""},
+        {"hash, 2 threads", fmt_num(hash_mtok2, 1) + " Mtok/s", "1 thread " + fmt_num(hash_mtok, 1) + " Mtok/s",
+         fmt_num(hash_mtok2 / hash_mtok, 2) + "x"},
+        {"gather f32, 2 threads", fmt_num(gather_mtok2, 2) + " Mtok/s",
+         "1 thread " + fmt_num(gather_mtok, 2) + " Mtok/s", fmt_num(gather_mtok2 / gather_mtok, 2) + "x"},
+    };
+    std::cout << "\n";
+    std::cout << lformat("%-28s %-16s %-30s %s\n", "figure", "ours", "limit or peer", "ratio");
+    for (const auto& l : lines)
+        std::cout << lformat("%-28s %-16s %-30s %s\n", l.figure.c_str(), l.ours.c_str(), l.limit.c_str(),
+                             l.ratio.c_str());
+    std::cout << "\n  ratio = our speed / the limit's speed (1.00: at the limit; above 1: faster than the probe)\n"
+              << "  probe: the same rows copied by a bare memcpy loop from a table of the same size (" << gb
+              << " GB f32)\n"
+              << "  GEMM: Eigen [" << T << ", " << D << "] x [" << D << ", " << (1 + M) * H
+              << "], the projections alone\n"
+              << "  decode bound: weight bytes " << fmt_num(weight_bytes / 1e6, 2) << " MB / read bandwidth "
+              << fmt_num(bandwidth / 1e9, 2) << " GB/s (sum of " << fmt_num(static_cast<double>(bw_bytes) / 1e9, 2)
+              << " GB)\n"
+              << "  2 threads: the batch split in two halves on std::threads (scaling vs 1 thread)\n";
+    std::cout.flush();
+
+    if (!opt.json.empty()) {
+        std::ostringstream js;
+        js.precision(10);
+        auto kv = [&](const char* k, double v, bool last = false) {
+            js << "  \"" << k << "\": " << v << (last ? "\n" : ",\n");
+        };
+        js << "{\n";
+        kv("hash_mtok_s", hash_mtok);
+        kv("hash_mtok_s_2t", hash_mtok2);
+        kv("gather_mtok_s", gather_mtok);
+        kv("gather_limit_mtok_s", probe_mtok);
+        kv("gather_mtok_s_2t", gather_mtok2);
+        kv("gather_bf16_mtok_s", gather16_mtok);
+        kv("gather_bf16_limit_mtok_s", probe16_mtok);
+        kv("gather_tokens_per_batch", static_cast<double>(slice));
+        kv("forward_ms_t512", forward_ms);
+        kv("forward_bound_ms_t512", bound_ms);
+        kv("decode_us", decode_us);
+        kv("decode_bound_us", decode_bound_us);
+        kv("read_bandwidth_gb_s", bandwidth / 1e9);
+        kv("weight_bytes", weight_bytes);
+        kv("table_rows", static_cast<double>(rows));
+        kv("table_gb_f32", static_cast<double>(table.size_bytes()) / 1e9);
+        kv("reps", static_cast<double>(reps));
+        kv("quick", opt.quick ? 1.0 : 0.0);
+        kv("threads", 1.0, true);
+        js << "}\n";
+        write_atomically(opt.json, js.str());
+        std::cout << "  wrote " << opt.json << "\n";
+    }
+    return 0;
+}
+
+int cmd_bench_prefetch(const std::vector<std::string>& argv) {
     constexpr const char* usage =
         "engram bench prefetch [--quick] [--compute-us N] [--batch N ...] [--threads N] [--steps N] [--reps N] "
         "[--dir DIR] [--caller-plan]";
@@ -526,8 +892,71 @@ int cmd_bench(const std::vector<std::string>& argv) {
     return bench.run();
 }
 
+int cmd_bench_lookup(const std::vector<std::string>& argv) {
+    constexpr const char* usage = "engram bench [lookup] [--quick] [--json FILE] [--tokens FILE] [--reps N]";
+    lookup_options opt;
+    for (std::size_t i = 0; i < argv.size(); ++i) {
+        const std::string& s = argv[i];
+        auto value = [&]() -> const std::string& {
+            if (i + 1 >= argv.size()) throw usage_error(s + " needs a value");
+            return argv[++i];
+        };
+        if (s == "-h" || s == "--help") {
+            std::cout
+                << "usage: " << usage << "\n       engram bench prefetch --help\n\n"
+                << "lookup (the default): builds the reference default layer (tables 5 x 129,280 per order, N = 3,\n"
+                << "K = 8, d = 64: 10,344,164 x 64 f32, 2.65 GB; H = 1024, M = 4, Kc = 4; 1/8 of the rows with\n"
+                << "--quick) with random weights and a Zipf(1.1) token stream (or --tokens FILE: whitespace-\n"
+                << "separated ids in [0, 98627)), then measures, single-threaded, best of --reps (5; 3 quick):\n"
+                << "hashing, gather f32 and bf16 against a bare memcpy random-row probe, the forward (B = 1,\n"
+                << "T = 512) against an Eigen GEMM of the projection shapes, one decode step against weight\n"
+                << "bytes / read bandwidth, and hashing and gather on 2 threads. Prints a table; --json FILE\n"
+                << "writes the numbers (atomically).\n";
+            return 0;
+        } else if (s == "--quick") {
+            opt.quick = true;
+        } else if (s == "--json") {
+            opt.json = value();
+            if (opt.json.empty()) throw usage_error("--json needs a file name");
+        } else if (s == "--tokens") {
+            opt.tokens = value();
+            if (opt.tokens.empty()) throw usage_error("--tokens needs a file name");
+        } else if (s == "--reps") {
+            opt.reps = parse_count(s, value(), 1, 1000);
+        } else if (s.size() > 1 && s[0] == '-') {
+            throw usage_error("unknown option '" + s + "' (usage: " + usage + ")");
+        } else {
+            throw usage_error("unexpected argument '" + s + "' (usage: " + usage + ")");
+        }
+    }
+    return run_lookup(opt);
+}
+
+/// `engram bench` / `engram bench lookup`: the main job; `engram bench prefetch`: the prefetch bench.
+int cmd_bench(const std::vector<std::string>& argv) {
+    // The subcommand: the first argument that is not an option or an option's value.
+    static const char* const with_value[] = {"--compute-us", "--batch", "--threads", "--steps",
+                                             "--reps",       "--dir",   "--json",    "--tokens"};
+    for (std::size_t i = 0; i < argv.size(); ++i) {
+        const std::string& s = argv[i];
+        if (std::find(std::begin(with_value), std::end(with_value), s) != std::end(with_value)) {
+            ++i;
+            continue;
+        }
+        if (!s.empty() && s[0] == '-') continue;
+        if (s == "prefetch") return cmd_bench_prefetch(argv);
+        if (s == "lookup") {
+            std::vector<std::string> rest(argv);
+            rest.erase(rest.begin() + static_cast<std::ptrdiff_t>(i));
+            return cmd_bench_lookup(rest);
+        }
+        throw usage_error("unknown bench '" + s + "' (lookup, the default, or prefetch)");
+    }
+    return cmd_bench_lookup(argv);
+}
+
 const registration reg_cmd_bench{
-    {"bench", "bench prefetch [--quick] [--compute-us N] [--batch N]  cold-file prefetch vs RAM: fetch time, penalty",
+    {"bench", "bench [lookup|prefetch] [--quick] [--json FILE]  main job: hash, gather, forward, decode vs limits",
      &cmd_bench}};
 
 } // namespace
