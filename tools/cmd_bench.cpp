@@ -3,6 +3,8 @@
 // cache, overlapped with a simulated host compute; prints fetch times and the throughput penalty.
 #include "cli.hpp"
 
+#include "../bench/bench_common.hpp" // zipf_tokens, canonical_vocab: the same stream as bench/
+
 #include <engram/hash/hasher.hpp>
 #include <engram/hash/layout.hpp>
 #include <engram/layer.hpp>
@@ -46,7 +48,7 @@ double seconds_since(clock_type::time_point t0) {
 }
 
 /// V' of the DeepSeek-V3 tokenizer after compression: the reference demo's layer.
-constexpr engram::token_id bench_vocab = 98627;
+constexpr engram::token_id bench_vocab = engram_bench::canonical_vocab;
 
 struct bench_options {
     bool quick = false;
@@ -79,21 +81,7 @@ std::size_t parse_count(const std::string& flag, const std::string& text, std::s
 /// Canonical ids drawn from Zipf(1.1) over the vocabulary (a stand-in for text), frequent ids
 /// spread over the id space by a fixed permutation.
 std::vector<engram::token_id> zipf_stream(std::size_t n, std::uint64_t seed) {
-    const auto v = static_cast<std::size_t>(bench_vocab);
-    std::vector<double> cdf(v);
-    double acc = 0;
-    for (std::size_t r = 0; r < v; ++r) cdf[r] = acc += std::pow(static_cast<double>(r + 1), -1.1);
-    std::vector<engram::token_id> perm(v);
-    for (std::size_t i = 0; i < v; ++i) perm[i] = static_cast<engram::token_id>(i);
-    std::mt19937_64 rng(seed);
-    std::shuffle(perm.begin(), perm.end(), rng);
-    std::uniform_real_distribution<double> u(0.0, acc);
-    std::vector<engram::token_id> out(n);
-    for (auto& t : out) {
-        const auto r = static_cast<std::size_t>(std::lower_bound(cdf.begin(), cdf.end(), u(rng)) - cdf.begin());
-        t = perm[std::min(r, v - 1)];
-    }
-    return out;
+    return engram_bench::zipf_tokens(n, 1.1, seed);
 }
 
 /// Fills the table with pseudo-random values in [-0.05, 0.05) (xorshift, two values per draw).
