@@ -7,18 +7,20 @@
 #include <engram/error.hpp>
 #include <engram/hash/layout.hpp>
 #include <engram/hash/multiply_xor.hpp>
+#include <engram/hash/simd_mod.hpp>
 #include <engram/ngram/orders.hpp>
 #include <engram/types.hpp>
 #include <engram/vocab/canonical_table.hpp>
 
-#include <array>    // for array
-#include <cstddef>  // for size_t
-#include <cstdint>  // for int64_t, uint64_t
-#include <optional> // for optional (dead token)
-#include <span>     // for span
-#include <string>   // for to_string
-#include <utility>  // for index_sequence
-#include <vector>   // for vector
+#include <array>       // for array
+#include <cstddef>     // for size_t
+#include <cstdint>     // for int64_t, uint64_t
+#include <optional>    // for optional (dead token)
+#include <span>        // for span
+#include <string>      // for to_string
+#include <type_traits> // for is_same_v
+#include <utility>     // for index_sequence
+#include <vector>      // for vector
 
 ENGRAM_BEGIN_NAMESPACE
 
@@ -47,6 +49,11 @@ inline std::size_t checked_mul(std::size_t a, std::size_t b, const char* what) {
 /// and later windows read pad for that position and every position before it, as at the start
 /// of a sequence. It is compared on raw ids: another raw id with the same canonical id is an
 /// ordinary token.
+///
+/// With the reference `multiply_xor_family`, every prime in `[2, 2^21)` and a CPU with AVX-512
+/// IFMA, the per-head modulo runs 8 heads per instruction (hash/simd_mod.hpp); otherwise, or
+/// after `set_simd_enabled(false)` / `ENGRAM_NO_SIMD=1`, it is the scalar Barrett reduction.
+/// Both give identical ids for every input.
 template <hash_family Family = multiply_xor_family, order_set Orders = orders<2, 3>>
 class ngram_hasher {
 public:
@@ -57,11 +64,21 @@ public:
     using window_type = std::array<token_id, window_size>;
 
     /// @throws config_error if the layout's orders differ from `Orders` or it has no heads.
-    explicit ngram_hasher(layer_layout layout) : layout_(check(std::move(layout))), family_(layout_) {}
+    explicit ngram_hasher(layer_layout layout)
+        : layout_(check(std::move(layout))), family_(layout_), simd_(make_plan(layout_)) {}
 
     [[nodiscard]] const layer_layout& layout() const noexcept { return layout_; }
     [[nodiscard]] const family_type& family() const noexcept { return family_; }
     [[nodiscard]] std::size_t num_heads() const noexcept { return layout_.num_heads(); }
+
+    /// @brief Whether calls now take the SIMD modulo: the reference family, every prime in
+    ///        `[2, 2^21)`, a CPU with AVX-512 IFMA and `simd_enabled()`.
+    [[nodiscard]] bool uses_simd() const noexcept {
+        if constexpr (simd_family && ENGRAM_HAS_X86_SIMD())
+            return simd_.usable && simd_enabled();
+        else
+            return false;
+    }
 
     /// @brief A window at the start of a sequence: every slot holds the canonical pad id.
     [[nodiscard]] window_type empty_window() const noexcept {
@@ -74,11 +91,13 @@ public:
     ///        back (pad before the start); ids must be in `[0, V')` (unchecked: see `check_ids`).
     /// @param out `num_heads()` values, head h in `[0, primes[h])`.
     void hash_window(const window_type& window, std::span<std::int64_t> out) const noexcept {
+        if (window_simd(window, out, false)) return;
         hash_orders(window.data(), out.data(), std::make_index_sequence<Orders::count>{});
     }
 
     /// @brief Global row ids of one position: `offsets[h] + hash_window(...)[h]`.
     void rows_window(const window_type& window, std::span<row_id> out) const noexcept {
+        if (window_simd(window, out, true)) return;
         hash_window(window, out);
         for (std::size_t h = 0; h < out.size(); ++h) out[h] += layout_.offsets[h];
     }
@@ -173,6 +192,26 @@ private:
         return layout;
     }
 
+    static constexpr bool simd_family = std::is_same_v<Family, multiply_xor_family>;
+
+    static detail::ifma_plan make_plan(const layer_layout& layout) {
+        if constexpr (simd_family)
+            return detail::ifma_plan(layout);
+        else
+            return {};
+    }
+
+    bool window_simd([[maybe_unused]] const window_type& window, [[maybe_unused]] std::span<std::int64_t> out,
+                     [[maybe_unused]] bool add_offsets) const noexcept {
+#if ENGRAM_HAS_X86_SIMD()
+        if (uses_simd()) {
+            detail::ifma_window<Orders>(simd_, window.data(), out.data(), add_offsets);
+            return true;
+        }
+#endif
+        return false;
+    }
+
     template <std::size_t... I>
     ENGRAM_ALWAYS_INLINE void hash_orders(const token_id* window, std::int64_t* out,
                                           std::index_sequence<I...>) const noexcept {
@@ -211,6 +250,18 @@ private:
         check_vocab(vocab);
         if (dead_token) check_dead_token(vocab, *dead_token);
         check_shapes(raw.size(), batch, seq_len, out.size());
+#if ENGRAM_HAS_X86_SIMD()
+        // The kernel maps raw ids itself (no canonical copy) once all are known to be in range;
+        // otherwise the map below throws, naming the first bad position.
+        if (uses_simd() && detail::ifma_ids_below(raw.data(), raw.size(), vocab.vocab_size())) {
+            if (dead_token)
+                simd_loop<true, true>(vocab.lookup().data(), raw.data(), *dead_token, batch, seq_len, out.data(),
+                                      add_offsets);
+            else
+                simd_loop<false, true>(vocab.lookup().data(), raw.data(), 0, batch, seq_len, out.data(), add_offsets);
+            return;
+        }
+#endif
         std::vector<token_id> canonical(raw.size());
         vocab.map(raw, canonical); // validates every raw id; canonical ids are then in [0, V')
         if (dead_token)
@@ -219,11 +270,31 @@ private:
             loop<false>(canonical.data(), nullptr, 0, batch, seq_len, out.data(), add_offsets);
     }
 
+#if ENGRAM_HAS_X86_SIMD()
+    /// The SIMD kernel over each sequence; with `Lookup`, `ids` is the canonical table's lookup
+    /// and the ids of the batch are `ids[raw[i]]`, else `ids` is the canonical batch.
+    template <bool Dead, bool Lookup>
+    void simd_loop(const token_id* ids, const token_id* raw, token_id dead, std::size_t batch, std::size_t seq_len,
+                   std::int64_t* out, bool add_offsets) const {
+        const std::size_t heads = num_heads();
+        const auto kernel = detail::ifma_sequence_for<Orders, Dead, Lookup>(simd_);
+        for (std::size_t b = 0; b < batch; ++b) {
+            window_type window = empty_window();
+            const std::size_t at = b * seq_len;
+            kernel(simd_, Lookup ? ids : ids + at, Dead || Lookup ? raw + at : nullptr, dead, layout_.pad, seq_len,
+                   window.data(), out + at * heads, add_offsets);
+        }
+    }
+#endif
+
     /// The hot loop; `Dead` adds the one per-token compare against the dead raw id.
     template <bool Dead>
     void loop(const token_id* canonical, const token_id* raw, token_id dead, std::size_t batch, std::size_t seq_len,
               std::int64_t* out, bool add_offsets) const {
         const std::size_t heads = num_heads();
+#if ENGRAM_HAS_X86_SIMD()
+        if (uses_simd()) return simd_loop<Dead, false>(canonical, raw, dead, batch, seq_len, out, add_offsets);
+#endif
         for (std::size_t b = 0; b < batch; ++b) {
             window_type window = empty_window();
             const token_id* seq = canonical + b * seq_len;
@@ -249,6 +320,7 @@ private:
 
     layer_layout layout_;
     Family family_;
+    detail::ifma_plan simd_; ///< usable only for the reference family
 };
 
 ENGRAM_END_NAMESPACE
