@@ -9,7 +9,9 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
+#include <system_error>
 
 namespace engram_cli {
 
@@ -222,6 +224,13 @@ int cmd_pack(const std::vector<std::string>& argv) {
     }
     const auto start = clock_type::now();
     const auto source = engram::safetensors_file::open(a.input);
+    // Temporaries an earlier pack of this table left when it was killed (never read; see
+    // docs/failure-modes.md): removed before this pack makes its own.
+    std::size_t removed = 0;
+    for (const auto& p : engram::table_temporaries(a.output)) {
+        std::error_code ec;
+        if (std::filesystem::remove(p, ec)) ++removed;
+    }
     // The bar counts rows; it shows bytes of encoded rows, so it needs the row size up front.
     std::uint64_t row_bytes = 0;
     if (const engram::tensor_view* w = source.find("multi_head_embedding.embedding.weight");
@@ -253,6 +262,8 @@ int cmd_pack(const std::vector<std::string>& argv) {
     std::cout << "\n  " << fixed(secs, 2) << " s";
     if (secs > 0) std::cout << " (" << human_bytes(double(bytes) / secs) << "/s)";
     std::cout << '\n';
+    if (removed > 0)
+        std::cout << "  removed " << removed << " temporary file(s) left by an earlier, interrupted pack\n";
     return 0;
 }
 
@@ -285,6 +296,13 @@ int cmd_verify(const std::vector<std::string>& argv) {
                   << engram::detail::hex64(*m.vocab_checksum) << "), ";
     std::cout << report.bytes << " bytes of rows against " << report.shards << " XXH3-64 checksum"
               << (report.shards == 1 ? "" : "s") << " in " << fixed(secs, 2) << " s\n";
+    if (const auto leftovers = engram::table_temporaries(a.positional[0]); !leftovers.empty()) {
+        std::cout << "  note: " << leftovers.size()
+                  << " temporary file(s) of an interrupted pack lie next to the table (never read; delete them "
+                     "when no pack is running):";
+        for (const auto& p : leftovers) std::cout << ' ' << p.filename().string();
+        std::cout << '\n';
+    }
     return 0;
 }
 

@@ -7,29 +7,30 @@
 
 #include <nlohmann/json.hpp> // for json (the header is JSON)
 
-#include <fcntl.h>    // for open, O_RDONLY, O_CLOEXEC, O_DIRECTORY
+#include <fcntl.h>    // for open, O_RDONLY, O_CLOEXEC, O_DIRECTORY, O_NONBLOCK
 #include <sys/mman.h> // for mmap, munmap
 #include <sys/stat.h> // for fstat, fchmod, S_ISDIR, S_ISREG
 #include <unistd.h>   // for close, write, fsync, unlink
 
-#include <algorithm>   // for sort, stable_sort
-#include <bit>         // for endian, bit_cast
-#include <cerrno>      // for errno, EINTR, EINVAL
-#include <cstddef>     // for byte, size_t
-#include <cstdint>     // for int64_t, uint64_t, uint16_t, uint32_t, uintptr_t
-#include <cstdio>      // for rename
-#include <cstdlib>     // for mkstemp
-#include <cstring>     // for memchr, memcpy, strerror
-#include <filesystem>  // for path
-#include <functional>  // for less
-#include <limits>      // for numeric_limits
-#include <map>         // for map
-#include <span>        // for span
-#include <string>      // for string, to_string
-#include <string_view> // for string_view
-#include <type_traits> // for is_same_v, is_integral_v, remove_cv_t
-#include <utility>     // for move, exchange
-#include <vector>      // for vector
+#include <algorithm>    // for sort, stable_sort
+#include <bit>          // for endian, bit_cast
+#include <cerrno>       // for errno, EINTR, EINVAL
+#include <cstddef>      // for byte, size_t
+#include <cstdint>      // for int64_t, uint64_t, uint16_t, uint32_t, uintptr_t
+#include <cstdio>       // for rename
+#include <cstdlib>      // for mkstemp
+#include <cstring>      // for memchr, memcpy, strerror
+#include <filesystem>   // for path, directory_iterator
+#include <functional>   // for less
+#include <limits>       // for numeric_limits
+#include <map>          // for map
+#include <span>         // for span
+#include <string>       // for string, to_string
+#include <string_view>  // for string_view
+#include <system_error> // for error_code
+#include <type_traits>  // for is_same_v, is_integral_v, remove_cv_t
+#include <utility>      // for move, exchange
+#include <vector>       // for vector
 
 ENGRAM_BEGIN_NAMESPACE
 
@@ -488,6 +489,12 @@ inline void parse_safetensors(std::span<const std::byte> file, const std::string
         const std::string ctx = where + ": tensor " + quoted_excerpt(key);
         if (!entry.is_object())
             throw format_error(ctx + ": entry is a JSON " + std::string(entry.type_name()) + ", expected an object");
+        // Exactly the three fields of the format: a misspelt or extra key is corruption, not an
+        // extension (the header has `__metadata__` for extensions).
+        for (const auto& f : entry.items())
+            if (f.key() != "dtype" && f.key() != "shape" && f.key() != "data_offsets")
+                throw format_error(ctx + ": unknown field " + quoted_excerpt(f.key()) +
+                                   " (a tensor entry has exactly dtype, shape and data_offsets)");
 
         const auto field = [&](const char* name) -> const nlohmann::json& {
             const auto it = entry.find(name);
@@ -592,8 +599,8 @@ inline void write_all(int fd, const void* data, std::size_t size, const std::str
 /// tensor is exposed: header length, JSON syntax, every tensor's dtype, shape and offsets (in
 /// range, byte count == numel * dtype_size without overflow, no two tensors overlapping; gaps are
 /// allowed). Every failure is a `format_error` naming the file, the field and the value.
-/// A duplicated JSON key keeps its last value (nlohmann/json's rule). Unknown fields in a
-/// tensor entry are ignored.
+/// A duplicated JSON key keeps its last value (nlohmann/json's rule). A tensor entry must have
+/// exactly the fields `dtype`, `shape` and `data_offsets` (an unknown field is a format_error).
 ///
 /// Move-only; the mapping is released by the destructor. A moved-from object holds no tensors.
 /// @pre Nobody truncates the file while it is mapped (reading the lost pages raises SIGBUS).
@@ -619,7 +626,9 @@ public:
     /// @throws format_error if its content is not a valid safetensors file.
     static safetensors_file open(const std::filesystem::path& path) {
         const std::string shown = "'" + path.string() + "'";
-        detail::fd_closer fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+        // O_NONBLOCK: opening a FIFO must not wait for a writer (fstat then rejects it); it does
+        // not change reads of a regular file.
+        detail::fd_closer fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK)};
         if (fd.fd < 0) throw io_error("safetensors: cannot open " + shown + ": " + detail::errno_text(errno));
         struct stat st {};
         if (::fstat(fd.fd, &st) != 0)
@@ -732,6 +741,29 @@ private:
     std::map<std::string, std::size_t, std::less<>> index_;
 };
 
+/// @brief The temporary files that interrupted atomic writes of `target` may have left behind:
+///        `.NAME.tmp.XXXXXX` in target's directory (NAME is target's file name, XXXXXX the six
+///        characters `mkstemp` chose), sorted.
+///
+/// Every engram writer (`safetensors_writer::write`, the table-file writer) writes such a file,
+/// fsyncs it and renames it over `target`; a process killed before the rename (SIGKILL, power
+/// loss) leaves it behind. Nothing ever reads these files, and a partly written one never
+/// carries the target's name. They are safe to delete once no writer of `target` is running.
+/// @return an empty list if the directory cannot be read.
+inline std::vector<std::filesystem::path> write_temporaries(const std::filesystem::path& target) {
+    std::vector<std::filesystem::path> out;
+    if (!target.has_filename()) return out;
+    const std::string prefix = "." + target.filename().string() + ".tmp.";
+    const std::filesystem::path dir = target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
+    std::error_code ec;
+    for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (name.size() == prefix.size() + 6 && name.compare(0, prefix.size(), prefix) == 0) out.push_back(it->path());
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
 /// @brief Builds a safetensors file in memory and writes it atomically.
 ///
 /// Layout: the JSON header is padded with spaces so the data buffer starts 8-byte aligned; the
@@ -819,6 +851,7 @@ public:
     /// @brief Writes the file atomically: a temporary `.<name>.tmp.XXXXXX` in the same directory is
     ///        written, fsynced, given mode 0644 and renamed over `out`; then the directory is fsynced.
     /// @throws io_error naming the path and the system error; the temporary file is removed.
+    ///         A process killed before the rename leaves the temporary (see `write_temporaries`).
     void write(const std::filesystem::path& out) const {
         const layout plan = make_layout();
         const std::string target = out.string();

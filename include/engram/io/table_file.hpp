@@ -25,26 +25,27 @@
 #include <sys/stat.h> // for fchmod
 #include <unistd.h>   // for write, pwrite, fsync, close, unlink, sysconf
 
-#include <algorithm>   // for min, max
-#include <array>       // for array
-#include <cerrno>      // for errno, EINTR, EINVAL
-#include <chrono>      // for steady_clock (table ids)
-#include <cmath>       // for isfinite
-#include <cstddef>     // for byte, size_t
-#include <cstdint>     // for int64_t, uint64_t, uintptr_t
-#include <cstdio>      // for rename, snprintf
-#include <cstdlib>     // for mkstemp
-#include <cstring>     // for memcpy
-#include <filesystem>  // for path
-#include <functional>  // for function
-#include <map>         // for map
-#include <optional>    // for optional
-#include <random>      // for random_device
-#include <span>        // for span
-#include <string>      // for string, to_string
-#include <string_view> // for string_view
-#include <utility>     // for move, exchange
-#include <vector>      // for vector
+#include <algorithm>    // for min, max, find, sort
+#include <array>        // for array
+#include <cerrno>       // for errno, EINTR, EINVAL
+#include <chrono>       // for steady_clock (table ids)
+#include <cmath>        // for isfinite
+#include <cstddef>      // for byte, size_t
+#include <cstdint>      // for int64_t, uint64_t, uintptr_t
+#include <cstdio>       // for rename, snprintf
+#include <cstdlib>      // for mkstemp
+#include <cstring>      // for memcpy
+#include <filesystem>   // for path
+#include <functional>   // for function
+#include <map>          // for map
+#include <optional>     // for optional
+#include <random>       // for random_device
+#include <span>         // for span
+#include <string>       // for string, to_string
+#include <string_view>  // for string_view
+#include <system_error> // for error_code
+#include <utility>      // for move, exchange
+#include <vector>       // for vector
 
 ENGRAM_BEGIN_NAMESPACE
 
@@ -96,11 +97,21 @@ ENGRAM_BEGIN_NAMESPACE
 /// **Durability**: every file is written to a temporary `.NAME.tmp.XXXXXX` in the target's
 /// directory, fsynced, and renamed over the target; the directory is fsynced after the last
 /// rename. All shards are written and fsynced before the manifest; they are renamed into place
-/// first and the manifest last. An error (or an exception from the progress callback) removes
-/// every temporary and every shard this pack had already renamed, so an interrupted pack leaves
-/// no table behind; a reader that finds an older manifest next to newer shards rejects them by
-/// `table_id`. A killed process can leave hidden `.NAME.tmp.*` files, never a file with the
-/// target's name.
+/// first and the manifest last. When the shard renames replace the shard files of an older
+/// table at the same path, the old manifest is removed (and the directory fsynced) before them,
+/// so a reader finds the old table, the new table or none, never an old manifest over new
+/// shards (were one to appear anyway, e.g. from files copied by hand, `table_id` rejects it).
+/// An error (or an exception from the progress callback) removes every temporary and every
+/// shard this pack had already renamed, so an interrupted pack leaves no table behind. A killed
+/// process can leave hidden `.NAME.tmp.*` files, never a file with the target's name:
+/// `table_temporaries` lists them (`engram pack` removes those of its target before it starts,
+/// `engram verify` reports them); they are safe to delete when no pack of the table is running.
+///
+/// **Manifest checksum**: the field `manifest_checksum` (16 hex digits) is XXH3-64 of the
+/// manifest JSON without that field, as nlohmann/json dumps it (keys sorted, no spaces). It
+/// catches a corrupted value that is valid on its own (an epsilon, the table id). Manifests
+/// written before the field existed have none and are read without the check. Unknown fields
+/// (in the manifest, a shard entry or a shard's metadata) are rejected.
 
 namespace detail {
 
@@ -232,6 +243,13 @@ struct manifest_fields {
         return *it;
     }
     bool is_null(std::string_view key) const { return field(key).is_null(); }
+    /// Rejects a key outside `allowed` (a misspelt or foreign field is corruption).
+    void only(std::span<const std::string_view> allowed) const {
+        for (const auto& item : j.items())
+            if (std::find(allowed.begin(), allowed.end(), item.key()) == allowed.end())
+                throw format_error(where + ": unknown field " + quoted_excerpt(item.key()) +
+                                   " (not part of format version 1)");
+    }
     std::uint64_t u64(std::string_view key) const {
         const auto& v = field(key);
         if (!v.is_number_integer()) fail(key, "must be an integer, got " + json_excerpt(v));
@@ -286,6 +304,8 @@ struct table_manifest {
     /// The metadata keys of the manifest and of shard files.
     static constexpr std::string_view metadata_key = "engram_table";
     static constexpr std::string_view shard_metadata_key = "engram_table_shard";
+    /// The manifest field holding XXH3-64 of the manifest's other fields (see `check_checksum`).
+    static constexpr std::string_view checksum_key = "manifest_checksum";
 
     /// One shard: rows [first_row, first_row + rows) in tensor `rows` of `file`.
     struct shard {
@@ -335,8 +355,34 @@ struct table_manifest {
         return j;
     }
 
+    /// @brief XXH3-64 of the manifest JSON `j` without its `manifest_checksum` field, as
+    ///        nlohmann/json dumps it (keys sorted, no spaces): what `manifest_checksum` holds.
+    [[nodiscard]] static std::uint64_t digest(nlohmann::json j) {
+        if (j.is_object()) j.erase(std::string(checksum_key));
+        const std::string text = j.dump();
+        return detail::xxh3_of(std::as_bytes(std::span<const char>(text)));
+    }
+
+    /// @brief Checks the manifest's `manifest_checksum` against its other fields (a flipped
+    ///        digit of a value that is valid on its own, such as an epsilon or the table id).
+    ///        Manifests written before the field existed have none and pass.
+    /// @throws format_error naming `where` and both checksums.
+    static void check_checksum(const nlohmann::json& j, const std::string& where) {
+        const auto it = j.find(checksum_key);
+        if (it == j.end()) return;
+        std::uint64_t stored = 0;
+        if (!it->is_string() || !detail::parse_hex64(it->get_ref<const std::string&>(), stored))
+            throw format_error(where + ": manifest field '" + std::string(checksum_key) + "' must be 16 hex digits");
+        const std::uint64_t got = digest(j);
+        if (got != stored)
+            throw format_error(where + ": the manifest hashes to " + detail::hex64(got) + ", its " +
+                               std::string(checksum_key) + " is " + detail::hex64(stored) +
+                               " (the manifest text is corrupt)");
+    }
+
     /// @brief Reads a manifest, checking every field's presence and type, the format and the
-    ///        version (consistency between fields is `validate`'s job).
+    ///        version (consistency between fields is `validate`'s job; the checksum is
+    ///        `check_checksum`'s).
     /// @throws format_error naming `where` and the field; unsupported_error for a newer version.
     static table_manifest from_json(const nlohmann::json& j, const std::string& where) {
         if (!j.is_object())
@@ -344,6 +390,25 @@ struct table_manifest {
                                ", expected an object");
         const detail::manifest_fields f{j, where};
         table_manifest m;
+        static constexpr std::string_view known[] = {"format",
+                                                     "version",
+                                                     "table_id",
+                                                     "config",
+                                                     "layer_id",
+                                                     "layer_ids",
+                                                     "primes",
+                                                     "offsets",
+                                                     "multipliers",
+                                                     "vocab_size",
+                                                     "canonical_vocab_size",
+                                                     "vocab_checksum",
+                                                     "codec",
+                                                     "rows",
+                                                     "dim",
+                                                     "row_bytes",
+                                                     "shards",
+                                                     checksum_key};
+        f.only(known);
         if (f.str("format") != format_name)
             f.fail("format",
                    "is " + detail::quoted_excerpt(f.str("format")) + ", expected '" + std::string(format_name) + "'");
@@ -379,6 +444,7 @@ struct table_manifest {
         m.rows = f.u64("rows");
         m.dim = f.u64("dim");
         m.row_bytes = f.u64("row_bytes");
+        if (j.contains(checksum_key)) (void)f.hex(checksum_key);
         const auto& shards_json = f.field("shards");
         if (!shards_json.is_array() || shards_json.empty())
             f.fail("shards", "must be a non-empty list of shard objects");
@@ -387,6 +453,8 @@ struct table_manifest {
             const std::string key = "shards[" + std::to_string(k) + "]";
             if (!s.is_object()) f.fail(key, "must be an object");
             const detail::manifest_fields sf{s, where + ": manifest field '" + key + "'"};
+            static constexpr std::string_view shard_keys[] = {"file", "first_row", "rows", "checksum"};
+            sf.only(shard_keys);
             shard sh;
             sh.file = sf.str("file");
             sh.first_row = sf.u64("first_row");
@@ -453,7 +521,8 @@ struct table_manifest {
         if (row_bytes != info.row_bytes(static_cast<std::size_t>(dim)))
             fail("row_bytes", "= " + std::to_string(row_bytes) + ", but " + codec + " rows of " + std::to_string(dim) +
                                   " values take " + std::to_string(info.row_bytes(static_cast<std::size_t>(dim))));
-        std::uint64_t next = 0;
+        std::uint64_t next = 0;                        // never above `rows`, so `rows - next` cannot wrap
+        std::map<std::string_view, std::size_t> files; // file name -> first shard using it
         for (std::size_t k = 0; k < shards.size(); ++k) {
             const std::string key = "shards[" + std::to_string(k) + "]";
             const shard& s = shards[k];
@@ -464,9 +533,12 @@ struct table_manifest {
                 fail(key + ".first_row", "= " + std::to_string(s.first_row) + ", expected " + std::to_string(next) +
                                              " (shards tile the rows)");
             if (s.rows == 0) fail(key + ".rows", "is 0");
+            if (s.rows > rows - next)
+                fail(key + ".rows", "= " + std::to_string(s.rows) + " runs past the table's " + std::to_string(rows) +
+                                        " rows (it starts at row " + std::to_string(next) + ")");
             next += s.rows;
-            for (std::size_t i = 0; i < k; ++i)
-                if (shards[i].file == s.file) fail(key + ".file", "repeats shard " + std::to_string(i) + "'s file");
+            if (const auto [it, fresh] = files.emplace(s.file, k); !fresh)
+                fail(key + ".file", "repeats shard " + std::to_string(it->second) + "'s file");
         }
         if (next != rows)
             fail("shards", "cover " + std::to_string(next) + " rows, the table has " + std::to_string(rows));
@@ -777,6 +849,15 @@ public:
             write_manifest_header(manifest_);
             if (!lookup_.empty()) manifest_.write(lookup_.data(), lookup_.size() * sizeof(std::int64_t));
             manifest_.sync_close();
+            // The shard renames may replace the shards of an older table at this path. Its
+            // manifest goes first (durably), so that a process killed between the renames leaves
+            // no table at all rather than the old manifest over some new shards.
+            bool replaces_shards = false;
+            for (const auto& f : files_) {
+                std::error_code ec;
+                replaces_shards = replaces_shards || std::filesystem::exists(f.target(), ec);
+            }
+            if (replaces_shards && ::unlink(out_.c_str()) == 0) detail::fsync_dir(detail::parent_dir(out_), shown);
             for (auto& f : files_) f.commit();
             manifest_.commit();
         }
@@ -835,7 +916,9 @@ private:
         return {"rows", codec_.stored, detail::stored_shape(codec_, s.rows, m_.dim), s.rows * m_.row_bytes};
     }
     std::map<std::string, std::string> manifest_metadata() const {
-        return {{std::string(table_manifest::metadata_key), m_.to_json().dump()}};
+        nlohmann::json j = m_.to_json();
+        j[std::string(table_manifest::checksum_key)] = detail::hex64(table_manifest::digest(j));
+        return {{std::string(table_manifest::metadata_key), j.dump()}};
     }
 
     void open_shard(std::size_t k) {
@@ -1030,6 +1113,7 @@ public:
         tf.m_.validate(where);
         tf.codec_ = detail::codec_info_for(tf.m_.codec);
         tf.load_vocab(file, where);
+        table_manifest::check_checksum(j, where);
         for (std::size_t k = 0; k < tf.m_.shards.size(); ++k) {
             if (tf.m_.shards[k].file == path.filename().string()) {
                 tf.check_shard(file, k, where, /*is_manifest=*/true);
@@ -1233,8 +1317,14 @@ private:
             throw format_error(which + ": its '" + std::string(table_manifest::shard_metadata_key) +
                                "' metadata is not a JSON object");
         const detail::manifest_fields f{j, which};
+        static constexpr std::string_view shard_keys[] = {"format",    "version", "table_id", "index", "shards",
+                                                          "first_row", "rows",    "codec",    "dim"};
+        f.only(shard_keys);
         if (f.str("format") != table_manifest::shard_format_name)
             f.fail("format", "is " + detail::quoted_excerpt(f.str("format")));
+        if (f.i64("version") != m_.version)
+            f.fail("version",
+                   "is " + std::to_string(f.i64("version")) + ", the manifest's is " + std::to_string(m_.version));
         if (f.hex("table_id") != m_.table_id)
             throw format_error(which + " belongs to another table (table_id " + f.str("table_id") +
                                ", the manifest's is " + detail::hex64(m_.table_id) +
@@ -1244,6 +1334,13 @@ private:
                                std::to_string(f.u64("first_row")) + ", " + std::to_string(f.u64("rows")) +
                                " rows), but the manifest expects shard " + std::to_string(k) + " (rows from " +
                                std::to_string(s.first_row) + ", " + std::to_string(s.rows) + " rows)");
+        if (f.u64("shards") != m_.shards.size())
+            f.fail("shards", "is " + std::to_string(f.u64("shards")) + ", the manifest lists " +
+                                 std::to_string(m_.shards.size()));
+        if (f.str("codec") != m_.codec)
+            f.fail("codec", "is " + detail::quoted_excerpt(f.str("codec")) + ", the manifest's is '" + m_.codec + "'");
+        if (f.u64("dim") != m_.dim)
+            f.fail("dim", "is " + std::to_string(f.u64("dim")) + ", the manifest's is " + std::to_string(m_.dim));
     }
 
     std::filesystem::path path_;
@@ -1253,5 +1350,31 @@ private:
 };
 
 static_assert(storage_table<table_file::rows_table_type<float>>);
+
+/// @brief The temporary files that interrupted writes of the table at `path` (its manifest
+///        file) may have left: `.NAME.tmp.XXXXXX` of the manifest and of every shard name
+///        `STEM.shard{k}.EXT` (see `write_temporaries`), sorted.
+///
+/// A pack killed before its renames (SIGKILL, power loss) leaves them; nothing reads them, and
+/// the table, old or new, is never one of them. Delete them when no pack of the table is running.
+inline std::vector<std::filesystem::path> table_temporaries(const std::filesystem::path& path) {
+    std::vector<std::filesystem::path> out = write_temporaries(path);
+    if (!path.has_filename()) return out;
+    const std::string prefix = "." + path.stem().string() + ".shard";
+    const std::string suffix = path.extension().string() + ".tmp.";
+    std::error_code ec;
+    for (std::filesystem::directory_iterator it(detail::parent_dir(path), ec), end; !ec && it != end;
+         it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (name.size() <= prefix.size() + suffix.size() + 6 || name.compare(0, prefix.size(), prefix) != 0) continue;
+        std::size_t i = prefix.size();
+        while (i < name.size() && name[i] >= '0' && name[i] <= '9') ++i;
+        if (i == prefix.size() || name.size() != i + suffix.size() + 6 || name.compare(i, suffix.size(), suffix) != 0)
+            continue;
+        out.push_back(it->path());
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+}
 
 ENGRAM_END_NAMESPACE

@@ -18,7 +18,8 @@ ENGRAM_BEGIN_NAMESPACE
 ///         a `canonical_vocab_size` metadata entry, when present, must agree.
 inline canonical_table load_canonical_table(const safetensors_file& file, std::string_view name = "lookup") {
     const tensor_view& t = file.at(name);
-    const std::string where = file.path().string() + ": tensor '" + std::string(name) + "'";
+    const std::string label = file.path().empty() ? std::string("safetensors buffer") : file.path().string();
+    const std::string where = label + ": tensor '" + std::string(name) + "'";
     if (t.shape.size() != 1)
         throw format_error(where + " has rank " + std::to_string(t.shape.size()) + ", expected 1 ([V])");
     if (t.type != dtype::i64 && t.type != dtype::i32)
@@ -31,7 +32,7 @@ inline canonical_table load_canonical_table(const safetensors_file& file, std::s
     }
     if (const std::string* declared = file.find_metadata("canonical_vocab_size");
         declared != nullptr && *declared != std::to_string(table.canonical_size()))
-        throw format_error(file.path().string() + ": metadata canonical_vocab_size = " + *declared +
+        throw format_error(label + ": metadata canonical_vocab_size = " + detail::quoted_excerpt(*declared) +
                            " but the table has " + std::to_string(table.canonical_size()) + " canonical ids");
     return table;
 }

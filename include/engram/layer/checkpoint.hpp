@@ -20,11 +20,16 @@ ENGRAM_BEGIN_NAMESPACE
 
 namespace detail {
 
-/// A float tensor of exactly `shape`, converted from F32, F16, BF16 or F64; finite values only.
-inline std::vector<float> checkpoint_floats(const safetensors_file& file, const std::string& name,
-                                            const std::vector<std::int64_t>& shape) {
+/// How a file is named in messages: its path, or "safetensors buffer".
+inline std::string file_label(const safetensors_file& file) {
+    return file.path().empty() ? std::string("safetensors buffer") : file.path().string();
+}
+
+/// Checks that tensor `name` exists with exactly `shape` and a float dtype (F32, F16, BF16, F64).
+inline const tensor_view& checkpoint_float_tensor(const safetensors_file& file, const std::string& name,
+                                                  const std::vector<std::int64_t>& shape) {
     const tensor_view& t = file.at(name);
-    const std::string where = file.path().string() + ": tensor '" + name + "'";
+    const std::string where = file_label(file) + ": tensor '" + name + "'";
     auto shape_text = [](const std::vector<std::int64_t>& s) {
         std::string out = "[";
         for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
@@ -42,6 +47,14 @@ inline std::vector<float> checkpoint_floats(const safetensors_file& file, const 
         throw format_error(where + " has dtype " + std::string(dtype_name(t.type)) +
                            ", expected F32, BF16, F16 or F64");
     }
+    return t;
+}
+
+/// A float tensor of exactly `shape`, converted from F32, F16, BF16 or F64; finite values only.
+inline std::vector<float> checkpoint_floats(const safetensors_file& file, const std::string& name,
+                                            const std::vector<std::int64_t>& shape) {
+    const tensor_view& t = checkpoint_float_tensor(file, name, shape);
+    const std::string where = file_label(file) + ": tensor '" + name + "'";
     std::vector<float> v = t.to_vector<float>();
     for (std::size_t i = 0; i < v.size(); ++i)
         if (!std::isfinite(v[i]))
@@ -61,20 +74,22 @@ void copy_into(Dst&& dst, const std::vector<float>& src) {
 /// @brief Reads the layer configuration from a file's `config` metadata.
 inline layer_config load_layer_config(const safetensors_file& file) {
     const std::string* text = file.find_metadata("config");
-    if (text == nullptr) throw format_error(file.path().string() + ": no 'config' entry in the metadata");
+    if (text == nullptr) throw format_error(detail::file_label(file) + ": no 'config' entry in the metadata");
     try {
         return layer_config_from_json(parse_config_text(*text));
     } catch (const format_error& e) {
-        throw format_error(file.path().string() + ": " + e.what());
+        throw format_error(detail::file_label(file) + ": " + e.what());
     } catch (const config_error& e) {
-        throw config_error(file.path().string() + ": " + e.what());
+        throw config_error(detail::file_label(file) + ": " + e.what());
     }
 }
 
 /// @brief Builds a layer from a checkpoint or forward case: config from the metadata, the
 ///        canonical table from `lookup` (unless `vocab` is given), explicit multipliers from
 ///        `multipliers.layer{L}` when present, and the weights under the reference names.
-///        Every tensor's shape and dtype is checked; weights must be finite.
+///        Every tensor's shape and dtype is checked before the layer is allocated (so a
+///        configuration asking for huge tables fails on the file's tensors, not on memory);
+///        weights must be finite.
 /// @throws format_error / config_error naming the file, tensor and value at fault.
 template <class Policies = layer_policies>
 layer<Policies> load_layer(const safetensors_file& file, std::optional<layer_config> cfg_override = std::nullopt,
@@ -85,8 +100,32 @@ layer<Policies> load_layer(const safetensors_file& file, std::optional<layer_con
     const std::string mult_name = "multipliers.layer" + std::to_string(cfg.layer_id);
     if (const tensor_view* t = file.find(mult_name)) {
         if (t->shape.size() != 1 || (t->type != dtype::i64 && t->type != dtype::i32))
-            throw format_error(file.path().string() + ": tensor '" + mult_name + "' must be an I64 vector");
+            throw format_error(detail::file_label(file) + ": tensor '" + mult_name + "' must be an I64 vector");
         multipliers = t->to_vector<std::int64_t>();
+    }
+    {
+        // Every weight's shape and dtype first: the sizes come from the configuration, and the
+        // layer allocates them all, so a bad configuration must fail here, on a tensor the file
+        // does not have, rather than on an allocation of the size it asks for.
+        cfg.validate();
+        const layer_layout planned =
+            make_layout(cfg.hash, cfg.layer_id, vocab.canonical_size(), vocab.canonical_pad_id(cfg.hash.pad_id));
+        const std::int64_t h = cfg.hidden, d = cfg.memory_dim();
+        detail::checkpoint_float_tensor(file, "multi_head_embedding.embedding.weight",
+                                        {planned.total_rows, planned.head_dim});
+        detail::checkpoint_float_tensor(file, "value_proj.weight", {h, d});
+        detail::checkpoint_float_tensor(file, "value_proj.bias", {h});
+        for (std::int64_t m = 0; m < cfg.branches; ++m) {
+            const std::string k = "key_projs." + std::to_string(m);
+            detail::checkpoint_float_tensor(file, k + ".weight", {h, d});
+            detail::checkpoint_float_tensor(file, k + ".bias", {h});
+            detail::checkpoint_float_tensor(file, "norm1." + std::to_string(m) + ".weight", {h});
+            detail::checkpoint_float_tensor(file, "norm2." + std::to_string(m) + ".weight", {h});
+            if constexpr (Policies::fusion_type::has_conv)
+                detail::checkpoint_float_tensor(file, "short_conv.norms." + std::to_string(m) + ".weight", {h});
+        }
+        if constexpr (Policies::fusion_type::has_conv)
+            detail::checkpoint_float_tensor(file, "short_conv.conv.weight", {cfg.branches * h, 1, cfg.kernel_size});
     }
     layer<Policies> l(cfg, std::move(vocab), std::move(multipliers));
     const auto& layout = l.layout();
@@ -104,7 +143,7 @@ layer<Policies> load_layer(const safetensors_file& file, std::optional<layer_con
         if (t->shape.size() != 1 || (t->type != dtype::i64 && t->type != dtype::i32) ||
             t->to_vector<std::int64_t>() != layout.offsets)
             throw format_error(
-                file.path().string() +
+                detail::file_label(file) +
                 ": tensor 'multi_head_embedding.offsets' does not match the configuration's table layout");
     }
     detail::copy_into(l.value_weight(), detail::checkpoint_floats(file, "value_proj.weight", {h, d}));
