@@ -165,6 +165,25 @@ TEST_CASE("hash errors: ids out of range, shapes, mismatched orders", "[hash]") 
 
     using three = engram::ngram_hasher<engram::multiply_xor_family, engram::orders<2, 3, 4>>;
     CHECK_THROWS_AS(three(l), engram::config_error);
+
+    // Hand-built layouts: a head without a table, offsets that do not tile the rows, a wrong total.
+    auto expect_bad_layout = [](engram::layer_layout bad, const char* fragment) {
+        try {
+            engram::ngram_hasher<> h(std::move(bad));
+            FAIL("no error for a layout with " << fragment);
+        } catch (const engram::config_error& e) {
+            CHECK_THAT(e.what(), Catch::Matchers::Contains(fragment));
+        }
+    };
+    auto zero_prime = l;
+    zero_prime.primes[3] = 0;
+    expect_bad_layout(zero_prime, "primes[3] = 0");
+    auto gap = l;
+    gap.offsets[5] += 1;
+    expect_bad_layout(gap, "offsets[5]");
+    auto total = l;
+    total.total_rows -= 1;
+    expect_bad_layout(total, "total_rows");
 }
 
 TEST_CASE("xxh3 family: ids in range, deterministic, seed dependent", "[hash][xxh3]") {

@@ -189,6 +189,22 @@ private:
         if (layout.pad < 0 || layout.pad >= layout.vocab_size)
             throw config_error("layout: canonical pad id " + std::to_string(layout.pad) + " is outside [0, " +
                                std::to_string(layout.vocab_size) + ")");
+        // Hand-built layouts: every head needs a table (p >= 1) and the heads must tile the
+        // layer's rows in order, or row ids would leave the table.
+        std::int64_t next = 0;
+        for (std::size_t h = 0; h < layout.num_heads(); ++h) {
+            if (layout.primes[h] < 1)
+                throw config_error("layout: primes[" + std::to_string(h) + "] = " + std::to_string(layout.primes[h]) +
+                                   " must be at least 1");
+            if (layout.offsets[h] != next)
+                throw config_error("layout: offsets[" + std::to_string(h) + "] = " + std::to_string(layout.offsets[h]) +
+                                   ", expected the sum of the earlier heads' primes (" + std::to_string(next) + ")");
+            if (__builtin_add_overflow(next, layout.primes[h], &next))
+                throw config_error("layout: the sum of primes overflows int64");
+        }
+        if (layout.total_rows != next)
+            throw config_error("layout: total_rows = " + std::to_string(layout.total_rows) +
+                               ", expected the sum of primes (" + std::to_string(next) + ")");
         return layout;
     }
 
