@@ -717,6 +717,15 @@ int run_lookup(const lookup_options& opt) {
             layer.forward(std::span<const engram::token_id>(tokens).subspan(fwd_at, T), 1, T, hidden, fwd_out);
             fwd_at += T;
         });
+    // The same forward on 2 threads (token tiles split between them; bit-identical output).
+    layer.set_threads(2);
+    const double forward_ms2 =
+        1e3 * best_seconds(fwd_reps, [&](std::size_t) {
+            if (fwd_at + T > n_tok) fwd_at = 0;
+            layer.forward(std::span<const engram::token_id>(tokens).subspan(fwd_at, T), 1, T, hidden, fwd_out);
+            fwd_at += T;
+        });
+    layer.set_threads(1);
     engram::row_matrix x = engram::row_matrix::Random(static_cast<Eigen::Index>(T), static_cast<Eigen::Index>(D));
     engram::row_matrix y(static_cast<Eigen::Index>(T), static_cast<Eigen::Index>((1 + M) * H));
     const auto& w = layer.projection_weight();
@@ -726,9 +735,11 @@ int run_lookup(const lookup_options& opt) {
     // 4. Decode step against weight bytes / read bandwidth.
     const std::size_t bw_bytes = std::min<std::size_t>(std::size_t{1} << 30, table.size_bytes());
     const double bandwidth = read_bandwidth(table.data(), bw_bytes, reps);
-    const double weight_bytes =
-        4.0 * static_cast<double>((1 + M) * H * D + (1 + M) * H + 2 * M * H + M * H * Kc + M * H);
+    const double small_params = static_cast<double>((1 + M) * H + 2 * M * H + M * H * Kc + M * H);
+    const double weight_bytes = 4.0 * (static_cast<double>((1 + M) * H * D) + small_params);
+    const double weight_bytes16 = 2.0 * static_cast<double>((1 + M) * H * D) + 4.0 * small_params;
     const double decode_bound_us = weight_bytes / bandwidth * 1e6;
+    const double decode_bound_us16 = weight_bytes16 / bandwidth * 1e6;
     auto state = layer.new_decode_state();
     std::vector<float> step_in(M * H), step_out(M * H);
     std::copy_n(hidden.begin(), step_in.size(), step_in.begin());
@@ -740,6 +751,22 @@ int run_lookup(const lookup_options& opt) {
                                      dec_at = (dec_at + 1) % n_tok;
                                  }
                              });
+
+    // 5. bf16 projection weights: decode against bf16 weight bytes / bandwidth, and the forward.
+    layer.set_weight_format(engram::weight_format::bf16);
+    const double decode_us16 = 1e6 / static_cast<double>(block) * best_seconds(reps + 1, [&](std::size_t) {
+                                   for (std::size_t i = 0; i < block; ++i) {
+                                       layer.decode_step(state, tokens[dec_at], step_in, step_out);
+                                       dec_at = (dec_at + 1) % n_tok;
+                                   }
+                               });
+    const double forward_ms16 =
+        1e3 * best_seconds(fwd_reps, [&](std::size_t) {
+            if (fwd_at + T > n_tok) fwd_at = 0;
+            layer.forward(std::span<const engram::token_id>(tokens).subspan(fwd_at, T), 1, T, hidden, fwd_out);
+            fwd_at += T;
+        });
+    layer.set_weight_format(engram::weight_format::f32);
 
     // Report.
     const std::string gb = fmt_num(static_cast<double>(table.size_bytes()) / 1e9, 2);
@@ -757,8 +784,13 @@ int run_lookup(const lookup_options& opt) {
          fmt_num(bound_ms / forward_ms, 2)},
         {"decode step, f32 weights", fmt_num(decode_us, 1) + " us", "bound " + fmt_num(decode_bound_us, 1) + " us",
          fmt_num(decode_bound_us / decode_us, 2)},
-        {"decode step, bf16 weights", "n/a", "n/a (no bf16 weights)", "-"},
-        {"threads (forward, figures)", "1", "", ""},
+        {"forward, 2 threads", fmt_num(forward_ms2, 2) + " ms", "1 thread " + fmt_num(forward_ms, 2) + " ms",
+         fmt_num(forward_ms / forward_ms2, 2) + "x"},
+        {"forward, bf16 weights", fmt_num(forward_ms16, 2) + " ms", "GEMM " + fmt_num(bound_ms, 2) + " ms (f32)",
+         fmt_num(bound_ms / forward_ms16, 2)},
+        {"decode step, bf16 weights", fmt_num(decode_us16, 1) + " us", "bound " + fmt_num(decode_bound_us16, 1) + " us",
+         fmt_num(decode_bound_us16 / decode_us16, 2)},
+        {"threads (forward, figures)", "1", "except the 2-thread rows", ""},
         {"hash, 2 threads", fmt_num(hash_mtok2, 1) + " Mtok/s", "1 thread " + fmt_num(hash_mtok, 1) + " Mtok/s",
          fmt_num(hash_mtok2 / hash_mtok, 2) + "x"},
         {"gather f32, 2 threads", fmt_num(gather_mtok2, 2) + " Mtok/s",
@@ -776,8 +808,9 @@ int run_lookup(const lookup_options& opt) {
               << "], the projections alone\n"
               << "  decode bound: weight bytes " << fmt_num(weight_bytes / 1e6, 2) << " MB / read bandwidth "
               << fmt_num(bandwidth / 1e9, 2) << " GB/s (sum of " << fmt_num(static_cast<double>(bw_bytes) / 1e9, 2)
-              << " GB)\n"
-              << "  2 threads: the batch split in two halves on std::threads (scaling vs 1 thread)\n";
+              << " GB); bf16: " << fmt_num(weight_bytes16 / 1e6, 2) << " MB (projection in bf16)\n"
+              << "  forward, 2 threads: layer.set_threads(2), token tiles split between 2 threads\n"
+              << "  2 threads (hash, gather): the batch split in two halves on std::threads (scaling vs 1 thread)\n";
     std::cout.flush();
 
     if (!opt.json.empty()) {
@@ -799,6 +832,11 @@ int run_lookup(const lookup_options& opt) {
         kv("forward_bound_ms_t512", bound_ms);
         kv("decode_us", decode_us);
         kv("decode_bound_us", decode_bound_us);
+        kv("forward_ms_t512_2t", forward_ms2);
+        kv("forward_ms_t512_bf16", forward_ms16);
+        kv("decode_us_bf16", decode_us16);
+        kv("decode_bound_us_bf16", decode_bound_us16);
+        kv("weight_bytes_bf16", weight_bytes16);
         kv("read_bandwidth_gb_s", bandwidth / 1e9);
         kv("weight_bytes", weight_bytes);
         kv("table_rows", static_cast<double>(rows));
@@ -898,8 +936,9 @@ int cmd_bench_lookup(const std::vector<std::string>& argv) {
                 << "separated ids in [0, 98627)), then measures, single-threaded, best of --reps (5; 3 quick):\n"
                 << "hashing, gather f32 and bf16 against a bare memcpy random-row probe, the forward (B = 1,\n"
                 << "T = 512) against an Eigen GEMM of the projection shapes, one decode step against weight\n"
-                << "bytes / read bandwidth, and hashing and gather on 2 threads. Prints a table; --json FILE\n"
-                << "writes the numbers (atomically).\n";
+                << "bytes / read bandwidth, the forward and decode again with bf16 projection weights, and\n"
+                << "the forward, hashing and gather on 2 threads. Prints a table; --json FILE writes the\n"
+                << "numbers (atomically).\n";
             return 0;
         } else if (s == "--quick") {
             opt.quick = true;

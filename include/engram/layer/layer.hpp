@@ -11,6 +11,8 @@
 #include <engram/hash/hasher.hpp>
 #include <engram/hash/layout.hpp>
 #include <engram/hash/multiply_xor.hpp>
+#include <engram/kernels/gemv_bf16.hpp>
+#include <engram/kernels/vector_math.hpp>
 #include <engram/layer/config.hpp>
 #include <engram/layer/fusion.hpp>
 #include <engram/layer/gate.hpp>
@@ -24,14 +26,17 @@
 
 #include <Eigen/Core> // for Matrix, Map, Ref
 
-#include <algorithm> // for copy_n
+#include <algorithm> // for copy_n, min, max
 #include <cmath>     // for sqrt, exp
 #include <cstddef>   // for size_t
 #include <cstdint>   // for int64_t, uint8_t
+#include <exception> // for exception_ptr, current_exception, rethrow_exception
+#include <memory>    // for unique_ptr, make_unique
 #include <optional>  // for optional
 #include <random>    // for mt19937_64, normal_distribution
 #include <span>      // for span
 #include <string>    // for to_string
+#include <thread>    // for thread
 #include <utility>   // for move
 #include <vector>    // for vector
 
@@ -48,6 +53,12 @@ struct layer_policies {
     using gate_type = reference_gate;
     using fusion_type = reference_fusion;
     using backend_type = host_backend;
+};
+
+/// @brief How the layer keeps its stacked projection for `forward` and `decode_step`.
+enum class weight_format {
+    f32, ///< the float weights as loaded (default)
+    bf16 ///< a bf16 copy (round to nearest even), multiplied with float accumulation
 };
 
 /// Row-major float matrix, the layout of PyTorch weights and of `[tokens, width]` activations.
@@ -161,7 +172,7 @@ public:
     [[nodiscard]] const storage_table_type& table() const noexcept { return table_; }
     /// Number of memory heads (orders x K) and the memory width D.
     [[nodiscard]] std::size_t num_heads() const noexcept { return hasher_.num_heads(); }
-    [[nodiscard]] std::size_t memory_dim() const noexcept { return static_cast<std::size_t>(cfg_.memory_dim()); }
+    [[nodiscard]] std::size_t memory_dim() const noexcept { return static_cast<std::size_t>(proj_w_.cols()); }
 
     /// `value_proj.weight` [H, D] and `.bias` [H] (views into the stacked projection).
     auto value_weight() noexcept { return proj_w_.topRows(cfg_.hidden); }
@@ -178,6 +189,44 @@ public:
     /// The stacked projection [(1+M)H, D]: value rows first, then each branch's key rows.
     [[nodiscard]] const row_matrix& projection_weight() const noexcept { return proj_w_; }
     [[nodiscard]] const Eigen::VectorXf& projection_bias() const noexcept { return proj_b_; }
+
+    // ---- performance options -----------------------------------------------------------------
+
+    /// Tokens per block of `forward`: the block's projections are one GEMM (in panels), so the
+    /// weights are streamed once per block; its gates, norms and conv follow.
+    static constexpr std::size_t block_tokens = 512;
+    /// Weight rows per GEMM panel of `forward` (the unit of threading, and of widening bf16
+    /// weights to float).
+    static constexpr Eigen::Index panel_rows = 512;
+
+    /// @brief Threads of one `forward`/`prefill` call (default 1): the GEMM panels, then the
+    ///        tokens, are split between `n - 1` threads started for the call and the caller. The
+    ///        output is bit-identical for every `n`. @throws config_error for n = 0.
+    void set_threads(std::size_t n) {
+        if (n == 0) throw config_error("set_threads: n = 0, must be at least 1");
+        threads_ = n;
+    }
+    [[nodiscard]] std::size_t threads() const noexcept { return threads_; }
+
+    /// @brief Chooses the projection weights `forward` and `decode_step` use. `bf16` takes a
+    ///        bf16 copy of the current stacked projection (round to nearest even); change the
+    ///        weights afterwards and call it again to refresh the copy. `f32` drops the copy.
+    void set_weight_format(weight_format f) {
+        if (f == weight_format::bf16) {
+            std::vector<bfloat16> w(static_cast<std::size_t>(proj_w_.size()));
+            for (std::size_t i = 0; i < w.size(); ++i) w[i] = bfloat16::from_float(proj_w_.data()[i]);
+            proj_w16_ = std::move(w);
+        } else {
+            proj_w16_ = {};
+        }
+        format_ = f;
+    }
+    [[nodiscard]] weight_format projection_format() const noexcept { return format_; }
+
+    /// @brief Frees the calling thread's scratch memory. Every thread keeps its own (a
+    ///        `thread_local` workspace per layer type, shared by that type's layers), grown to the
+    ///        largest call it has run, so that repeated calls of the same shapes allocate nothing.
+    static void release_workspace() { local_workspace() = workspace{}; }
 
     /// @brief Fills every parameter with small random values (examples, benchmarks, tests):
     ///        rows and projections ~ N(0, scale), norm weights ~ 1 + N(0, 0.1), conv ~ N(0, 0.2).
@@ -262,8 +311,10 @@ public:
             throw input_error("forward_memory: e has " + std::to_string(e.size()) +
                               " values, expected B*T*D = " + std::to_string(tokens * memory_dim()));
         check_mask(token_mask, tokens);
-        apply(e, {}, batch, seq_len, {hidden.data(), static_cast<Eigen::Index>(cfg_.hidden)},
-              {out.data(), static_cast<Eigen::Index>(cfg_.hidden)}, token_mask, nullptr);
+        const std::size_t d_mem = memory_dim();
+        auto memory = [&e, d_mem](workspace&, std::size_t first, std::size_t) { return e.data() + first * d_mem; };
+        run(memory, batch, seq_len, {hidden.data(), static_cast<Eigen::Index>(cfg_.hidden)},
+            {out.data(), static_cast<Eigen::Index>(cfg_.hidden)}, token_mask, nullptr, {});
     }
 
     // ---- token by token -----------------------------------------------------------------------
@@ -304,13 +355,12 @@ public:
                      std::span<float> out, bool keep = true) const {
         check_table(rows_table);
         check_step(hidden.size(), out.size(), keep);
-        std::vector<row_id> token_rows(num_heads());
-        auto next = state.ngram_.fork();
-        next.push(raw, token_rows); // validates raw
-        std::vector<float> e(memory_dim());
-        rows_table.gather(std::span<const row_id>(token_rows), std::span<float>(e));
-        state.ngram_ = std::move(next);
-        step_apply(state, e, hidden, out, keep);
+        workspace& ws = local_workspace();
+        const auto token_rows = stage_step(ws, state, raw);
+        float* e = grow(ws.step_e, memory_dim());
+        rows_table.gather(token_rows, std::span<float>(e, memory_dim()));
+        commit_step(ws, state);
+        step_apply(ws, state, e, hidden, out, keep);
     }
 
     /// @brief `decode_step` on a memory vector fetched already (e.g. by a prefetcher from a
@@ -323,15 +373,14 @@ public:
         if (e.size() != memory_dim())
             throw input_error("decode_step_memory: e has " + std::to_string(e.size()) +
                               " values, expected D = " + std::to_string(memory_dim()));
-        std::vector<row_id> token_rows(num_heads());
-        auto next = state.ngram_.fork();
-        next.push(raw, token_rows);
+        workspace& ws = local_workspace();
+        const auto token_rows = stage_step(ws, state, raw);
         if (!expected_rows.empty() &&
             !std::equal(token_rows.begin(), token_rows.end(), expected_rows.begin(), expected_rows.end()))
             throw input_error("decode_step_memory: token " + std::to_string(raw) +
                               " does not give the rows the memory vector was gathered from");
-        state.ngram_ = std::move(next);
-        step_apply(state, e, hidden, out, keep);
+        commit_step(ws, state);
+        step_apply(ws, state, e.data(), hidden, out, keep);
     }
 
 private:
@@ -342,20 +391,6 @@ private:
             throw input_error("decode_step: a token mask needs a fusion that supports it (production_fusion)");
     }
 
-    /// Projections, gate and fusion of one decode position; advances the state.
-    void step_apply(decode_state& state, std::span<const float> e, std::span<const float> hidden, std::span<float> out,
-                    bool keep) const {
-        const Eigen::Map<const row_matrix> em(e.data(), 1, static_cast<Eigen::Index>(memory_dim()));
-        row_matrix p = em * proj_w_.transpose();
-        p.row(0) += proj_b_.transpose();
-        std::vector<float> u(fusion_type::has_conv ? branch_width() : 0);
-        token_math(p.data(), {hidden.data(), static_cast<Eigen::Index>(cfg_.hidden)}, 0,
-                   {out.data(), static_cast<Eigen::Index>(cfg_.hidden)}, keep,
-                   fusion_type::has_conv ? state.row(state.pos_) : nullptr, u.data());
-        if constexpr (fusion_type::has_conv) conv_output(state, u.data(), out.data());
-        state.advance();
-    }
-
     /// A row-major `[rows, H]` view with a row stride (in floats).
     template <class T>
     struct strided {
@@ -363,6 +398,102 @@ private:
         Eigen::Index stride;
         T* row(std::size_t r) const noexcept { return data + static_cast<Eigen::Index>(r) * stride; }
     };
+
+    /// @brief Scratch memory of one thread: grown to the largest call seen, then reused, so that
+    ///        repeated calls with the same shapes allocate nothing.
+    struct workspace {
+        std::vector<row_id> rows;       ///< [B*T, heads] row ids of a forward
+        std::vector<float> e;           ///< [block, D] gathered memory vectors
+        std::vector<float> p;           ///< [block, (1+M)H] projections
+        std::vector<float> alpha;       ///< [block, M] gates
+        std::vector<float> u, y;        ///< [H] gated value, [M*H] conv pre-activation
+        std::vector<float> panel;       ///< [panel_rows, D] bf16 weights widened (forward)
+        std::vector<float> x;           ///< [B*T, M*H] normalised conv input of a forward
+        std::vector<float> conv_t;      ///< [Kc, M*H] conv weights, tap-major
+        std::vector<float> zeros;       ///< [M*H] the conv input before a sequence starts
+        std::vector<const float*> taps; ///< [Kc] conv input rows of one token
+        std::vector<row_id> step_rows;
+        std::vector<float> step_e, step_p;
+        std::optional<ngram_state_type> step_ngram;
+#if EIGEN_VERSION_AT_LEAST(3, 4, 0)
+        /// Eigen's GEMM packing buffers, kept across calls (Eigen would malloc them per product).
+        using blocking_type = Eigen::internal::gemm_blocking_space<Eigen::ColMajor, float, float, Eigen::Dynamic,
+                                                                   Eigen::Dynamic, Eigen::Dynamic, 1, false>;
+        std::unique_ptr<blocking_type> blocking;
+        Eigen::Index blocking_k = 0;
+#endif
+    };
+
+    static workspace& local_workspace() {
+        thread_local workspace ws;
+        return ws;
+    }
+
+    template <class V>
+    static V* grow(std::vector<V>& v, std::size_t n) {
+        if (v.size() < n) v.resize(n);
+        return v.data();
+    }
+
+    [[nodiscard]] std::size_t proj_rows() const noexcept { return static_cast<std::size_t>(proj_w_.rows()); }
+    [[nodiscard]] std::size_t conv_history() const noexcept {
+        return fusion_type::has_conv ? static_cast<std::size_t>((cfg_.kernel_size - 1) * cfg_.dilation()) : 0;
+    }
+
+    /// Pushes `raw` into a copy of `state`'s n-gram window (the calling thread's, reused) and
+    /// writes the position's rows; the caller commits with `commit_step` once nothing can fail.
+    std::span<const row_id> stage_step(workspace& ws, const decode_state& state, token_id raw) const {
+        if (ws.step_ngram)
+            *ws.step_ngram = state.ngram_;
+        else
+            ws.step_ngram.emplace(state.ngram_);
+        const std::span<row_id> rows(grow(ws.step_rows, num_heads()), num_heads());
+        ws.step_ngram->push(raw, rows); // validates raw
+        return rows;
+    }
+    static void commit_step(workspace& ws, decode_state& state) noexcept {
+        using std::swap;
+        swap(state.ngram_, *ws.step_ngram);
+    }
+
+    /// Projections, gate and fusion of one decode position; advances the state.
+    void step_apply(workspace& ws, decode_state& state, const float* e, std::span<const float> hidden,
+                    std::span<float> out, bool keep) const {
+        const std::size_t d_mem = memory_dim(), rows = proj_rows();
+        float* p = grow(ws.step_p, rows);
+        if (format_ == weight_format::bf16) {
+            kernels::gemv_bf16(proj_w16_.data(), e, p, rows, d_mem);
+        } else {
+            using row_vector = Eigen::Matrix<float, 1, Eigen::Dynamic>;
+            Eigen::Map<row_vector> pm(p, static_cast<Eigen::Index>(rows));
+            pm.noalias() = Eigen::Map<const row_vector>(e, static_cast<Eigen::Index>(d_mem)) * proj_w_.transpose();
+        }
+        const float* bias = proj_b_.data();
+        for (std::size_t c = 0; c < rows; ++c) p[c] += bias[c];
+        const auto mh = branch_width();
+        float* alpha = grow(ws.alpha, static_cast<std::size_t>(cfg_.branches));
+        float* u = grow(ws.u, static_cast<std::size_t>(cfg_.hidden));
+        const strided<const float> hid{hidden.data(), static_cast<Eigen::Index>(cfg_.hidden)};
+        const strided<float> o{out.data(), static_cast<Eigen::Index>(cfg_.hidden)};
+        if constexpr (fusion_type::has_conv) {
+            token_math(p, hid, 0, o, keep, state.row(state.pos_), alpha, u);
+            const float* zeros = zero_row(ws);
+            float* conv_t = transposed_conv(ws);
+            const auto kc = static_cast<std::size_t>(cfg_.kernel_size);
+            const auto dil = static_cast<std::size_t>(cfg_.dilation());
+            const float** taps = grow(ws.taps, kc);
+            const std::size_t t = state.pos_;
+            for (std::size_t k = 0; k < kc; ++k) {
+                const std::size_t back = (kc - 1 - k) * dil;
+                taps[k] = back <= t ? state.row(t - back) : zeros;
+            }
+            conv_fuse(taps, kc, conv_t, p, alpha, grow(ws.y, mh), u, out.data(), static_cast<Eigen::Index>(cfg_.hidden),
+                      static_cast<std::size_t>(cfg_.hidden), static_cast<std::size_t>(cfg_.branches));
+        } else {
+            token_math(p, hid, 0, o, keep, nullptr, alpha, u);
+        }
+        state.advance();
+    }
 
     void check_sizes(std::size_t batch, std::size_t seq_len, std::size_t hidden_size, std::size_t out_size) const {
         const std::size_t tokens = detail::checked_mul(batch, seq_len, "forward [B, T]");
@@ -399,63 +530,230 @@ private:
     }
     Eigen::Index key_row(std::size_t m) const { return (1 + branch(m)) * cfg_.hidden; }
 
-    /// sum(x^2) in double: the norms then match float32 PyTorch to rounding.
-    static double sum_squares(const float* x, std::size_t n) noexcept {
-        double s = 0;
-        for (std::size_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
-        return s;
+    /// The calling thread's row of M*H zeros (the conv input before a sequence starts).
+    const float* zero_row(workspace& ws) const {
+        const std::size_t mh = branch_width();
+        if (ws.zeros.size() < mh) ws.zeros.assign(mh, 0.0f);
+        return ws.zeros.data();
     }
 
-    /// Gate and fusion of one token: `p` holds the token's (1+M)H projections. With the
-    /// reference fusion, writes u (M*H) to `u_out` and RMSNorm(u) to `normed` (the conv input);
-    /// with the production fusion, writes `h + alpha v` to `out`.
+    /// The conv weights tap-major [Kc, M*H] (read from `conv_w_` on every call: it is public).
+    float* transposed_conv(workspace& ws) const {
+        const std::size_t mh = branch_width();
+        const auto kc = static_cast<std::size_t>(cfg_.kernel_size);
+        float* t = grow(ws.conv_t, mh * kc);
+        const float* w = conv_w_.data();
+        for (std::size_t ch = 0; ch < mh; ++ch)
+            for (std::size_t k = 0; k < kc; ++k) t[k * mh + ch] = w[ch * kc + k];
+        return t;
+    }
+
+    /// @brief Gate and fusion of one token. `p` holds the token's (1+M)H projections, bias
+    ///        included. Writes the M gates to `alpha`; with the reference
+    ///        fusion, RMSNorm(u) (the conv input) to `normed` [M*H]; with the production fusion,
+    ///        `h + alpha v` to `out`. `u` is scratch of H floats.
     void token_math(const float* p, strided<const float> hidden, std::size_t first_row, strided<float> out, bool keep,
-                    float* normed, float* u_out) const {
+                    float* normed, float* alpha, float* u) const {
         const auto h = static_cast<std::size_t>(cfg_.hidden);
         const float* v = p;
+        const double inv_h = 1.0 / static_cast<double>(h);
         const double inv_sqrt_h = 1.0 / std::sqrt(static_cast<double>(h));
         for (std::size_t m = 0; m < static_cast<std::size_t>(cfg_.branches); ++m) {
             const float* k = p + (1 + m) * h;
             const float* hm = hidden.row(first_row + m);
-            const double rk = 1.0 / std::sqrt(sum_squares(k, h) / static_cast<double>(h) + cfg_.gate_norm_eps);
-            const double rh = 1.0 / std::sqrt(sum_squares(hm, h) / static_cast<double>(h) + cfg_.gate_norm_eps);
-            const float* w1 = key_norm_.row(static_cast<Eigen::Index>(m)).data();
-            const float* w2 = hidden_norm_.row(static_cast<Eigen::Index>(m)).data();
-            double dot = 0;
-            for (std::size_t c = 0; c < h; ++c)
-                dot += (static_cast<double>(k[c]) * w1[c]) * (static_cast<double>(hm[c]) * w2[c]);
-            const float s = static_cast<float>(dot * rk * rh * inv_sqrt_h);
-            const float alpha = keep ? gate_(s) : 0.0f;
+            const auto sums = kernels::gate_sums_of(k, hm, key_norm_.row(static_cast<Eigen::Index>(m)).data(),
+                                                    hidden_norm_.row(static_cast<Eigen::Index>(m)).data(), h);
+            const double rk = 1.0 / std::sqrt(sums.kk * inv_h + cfg_.gate_norm_eps);
+            const double rh = 1.0 / std::sqrt(sums.hh * inv_h + cfg_.gate_norm_eps);
+            const float s = static_cast<float>(sums.dot * rk * rh * inv_sqrt_h);
+            const float a = keep ? gate_(s) : 0.0f;
+            alpha[m] = a;
             if constexpr (fusion_type::has_conv) {
-                float* u = u_out + m * h;
-                for (std::size_t c = 0; c < h; ++c) u[c] = alpha * v[c];
-                const double ru = 1.0 / std::sqrt(sum_squares(u, h) / static_cast<double>(h) + cfg_.conv_norm_eps);
+                for (std::size_t c = 0; c < h; ++c) u[c] = a * v[c];
+                const double ru = 1.0 / std::sqrt(kernels::sum_squares(u, h) * inv_h + cfg_.conv_norm_eps);
                 const float* cw = conv_norm_.row(static_cast<Eigen::Index>(m)).data();
                 float* x = normed + m * h;
                 for (std::size_t c = 0; c < h; ++c) x[c] = static_cast<float>(u[c] * ru) * cw[c];
             } else {
                 float* o = out.row(first_row + m);
-                for (std::size_t c = 0; c < h; ++c) o[c] = hm[c] + alpha * v[c];
+                for (std::size_t c = 0; c < h; ++c) o[c] = hm[c] + a * v[c];
             }
         }
     }
 
-    static float silu(float y) noexcept { return y / (1.0f + std::exp(-y)); }
+#if defined(__GNUC__) || defined(__clang__)
+#define ENGRAM_LAYER_NOINLINE __attribute__((noinline))
+#else
+#define ENGRAM_LAYER_NOINLINE
+#endif
+    /// @brief Y = u + SiLU(conv) of one token, u_m = alpha_m v: `taps[k]` is the normalised row
+    ///        `(Kc-1-k) * dilation` positions back (a zero row before the start), `conv_t` the
+    ///        tap-major weights. Out of line, so that every caller (forward on any thread,
+    ///        decode) runs the same instructions and rounds the same way.
+    ENGRAM_LAYER_NOINLINE static void conv_fuse(const float* const* taps, std::size_t kc, const float* conv_t,
+                                                const float* v, const float* alpha, float* y, float* u, float* out,
+                                                Eigen::Index out_stride, std::size_t h, std::size_t branches) noexcept {
+        const std::size_t mh = h * branches;
+        for (std::size_t ch = 0; ch < mh; ++ch) y[ch] = 0.0f;
+        for (std::size_t k = 0; k < kc; ++k) {
+            const float* x = taps[k];
+            const float* w = conv_t + k * mh;
+            for (std::size_t ch = 0; ch < mh; ++ch) y[ch] += w[ch] * x[ch];
+        }
+        for (std::size_t m = 0; m < branches; ++m) {
+            const float a = alpha[m];
+            for (std::size_t c = 0; c < h; ++c) u[c] = a * v[c];
+            kernels::add_silu(u, y + m * h, out + static_cast<Eigen::Index>(m) * out_stride, h);
+        }
+    }
+#undef ENGRAM_LAYER_NOINLINE
 
-    /// Y = u + SiLU(conv) for the newest row of `state` (already written at its position).
-    void conv_output(const decode_state& state, const float* u, float* out) const {
-        const std::size_t channels = branch_width();
+    /// p [n, rows] (row stride `ldp`) += w [rows, D] e^T for e [n, D]: Eigen's GEMM. With Eigen
+    /// 3.4 its packing buffers live in the workspace, so that the call allocates nothing; the
+    /// blocking depends only on the constants and D, so every panel of every call (on any
+    /// thread) accumulates in the same order.
+    static void gemm_accumulate(workspace& ws, const float* w, Eigen::Index rows, const float* e, Eigen::Index n,
+                                Eigen::Index d_mem, float* p, Eigen::Index ldp) {
+#if EIGEN_VERSION_AT_LEAST(3, 4, 0)
+        if (!ws.blocking || ws.blocking_k != d_mem) {
+            ws.blocking = std::make_unique<typename workspace::blocking_type>(
+                panel_rows, static_cast<Eigen::Index>(block_tokens), d_mem, 1, true);
+            ws.blocking->allocateAll();
+            ws.blocking_k = d_mem;
+        }
+        // p^T [rows, n] (column-major, leading dimension ldp) += w (row-major) * e^T (column-major).
+        Eigen::internal::general_matrix_matrix_product<Eigen::Index, float, Eigen::RowMajor, false, float,
+                                                       Eigen::ColMajor, false, Eigen::ColMajor, 1>::run(rows, n, d_mem,
+                                                                                                        w, d_mem, e,
+                                                                                                        d_mem, p, 1,
+                                                                                                        ldp, 1.0f,
+                                                                                                        *ws.blocking);
+#else
+        (void)ws;
+        using outer = Eigen::OuterStride<>;
+        Eigen::Map<row_matrix, 0, outer> pm(p, n, rows, outer(ldp));
+        pm.noalias() +=
+            Eigen::Map<const row_matrix>(e, n, d_mem) * Eigen::Map<const row_matrix>(w, rows, d_mem).transpose();
+#endif
+    }
+
+    /// Columns [r0, r0 + panel_rows) of p [n, (1+M)H] = e [n, D] W^T + b: the bias, then the
+    /// GEMM on the f32 weights or on the panel's bf16 weights widened to float.
+    void project_panel(workspace& ws, const float* e, std::size_t n, float* p, Eigen::Index r0) const {
+        const auto d_mem = static_cast<Eigen::Index>(memory_dim());
+        const auto rows = static_cast<Eigen::Index>(proj_rows());
+        const Eigen::Index nr = std::min(panel_rows, rows - r0);
+        for (std::size_t i = 0; i < n; ++i)
+            std::copy_n(proj_b_.data() + r0, nr, p + static_cast<Eigen::Index>(i) * rows + r0);
+        const float* w = proj_w_.data() + r0 * d_mem;
+        if (format_ == weight_format::bf16) {
+            float* buf = grow(ws.panel, static_cast<std::size_t>(panel_rows * d_mem));
+            kernels::widen_bf16(proj_w16_.data() + r0 * d_mem, buf, static_cast<std::size_t>(nr * d_mem));
+            w = buf;
+        }
+        gemm_accumulate(ws, w, nr, e, static_cast<Eigen::Index>(n), d_mem, p + r0, rows);
+    }
+
+    /// @brief Runs `body(workspace, lo, hi)` over [0, count): on the calling thread, or split
+    ///        into `threads_` contiguous ranges (`threads_ - 1` threads started for the call).
+    ///        Rethrows the first exception of any range.
+    template <class Body>
+    void on_threads(std::size_t count, Body&& body) const {
+        const std::size_t n = std::min(threads_, count);
+        if (n <= 1) {
+            if (count != 0) body(local_workspace(), std::size_t{0}, count);
+            return;
+        }
+        std::vector<std::exception_ptr> errors(n);
+        auto part = [&](std::size_t c) {
+            try {
+                body(local_workspace(), count * c / n, count * (c + 1) / n);
+            } catch (...) {
+                errors[c] = std::current_exception();
+            }
+        };
+        {
+            std::vector<std::thread> workers;
+            workers.reserve(n - 1);
+            for (std::size_t c = 1; c < n; ++c) workers.emplace_back(part, c);
+            part(0);
+            for (auto& w : workers) w.join();
+        }
+        for (auto& err : errors)
+            if (err) std::rethrow_exception(err);
+    }
+
+    /// @brief The layer on B sequences of T tokens, in blocks of `block_tokens` tokens: the
+    ///        block's memory vectors, its projections (GEMM in panels of `panel_rows` weight
+    ///        rows), the gates, u and RMSNorm token by token, then the convolution. With
+    ///        `threads_ > 1`, each of the three phases splits its panels or tokens between
+    ///        threads; every value is computed by the same code on the same operands as with one
+    ///        thread, so the output is bit-identical.
+    template <class Memory>
+    void run(const Memory& memory, std::size_t batch, std::size_t seq_len, strided<const float> hidden,
+             strided<float> out, std::span<const std::uint8_t> token_mask, decode_state* state,
+             std::span<const token_id> raw) const {
+        workspace& ws = local_workspace();
+        const std::size_t tokens = batch * seq_len, mh = branch_width(), rows = proj_rows();
+        const auto m_count = static_cast<std::size_t>(cfg_.branches);
+        const auto h = static_cast<std::size_t>(cfg_.hidden);
         const auto kc = static_cast<std::size_t>(cfg_.kernel_size);
         const auto dil = static_cast<std::size_t>(cfg_.dilation());
-        const std::size_t t = state.pos_;
-        for (std::size_t ch = 0; ch < channels; ++ch) {
-            const float* w = conv_w_.row(static_cast<Eigen::Index>(ch)).data();
-            float y = 0.0f;
-            for (std::size_t i = 0; i < kc; ++i) {
-                const std::size_t back = (kc - 1 - i) * dil;
-                if (back <= t) y += w[i] * state.row(t - back)[ch];
+        float* x = nullptr;
+        const float* conv_t = nullptr;
+        const float* zeros = nullptr;
+        if constexpr (fusion_type::has_conv) {
+            x = grow(ws.x, detail::checked_mul(tokens, mh, "forward conv input"));
+            conv_t = transposed_conv(ws);
+            zeros = zero_row(ws);
+        }
+        const std::size_t panels =
+            (rows + static_cast<std::size_t>(panel_rows) - 1) / static_cast<std::size_t>(panel_rows);
+        for (std::size_t first = 0; first < tokens; first += block_tokens) {
+            const std::size_t nb = std::min(block_tokens, tokens - first);
+            const float* e = memory(ws, first, nb);
+            float* p = grow(ws.p, nb * rows);
+            float* alpha = grow(ws.alpha, nb * m_count);
+            on_threads(panels, [&](workspace& tws, std::size_t lo, std::size_t hi) {
+                for (std::size_t pi = lo; pi < hi; ++pi)
+                    project_panel(tws, e, nb, p, static_cast<Eigen::Index>(pi) * panel_rows);
+            });
+            on_threads(nb, [&](workspace& tws, std::size_t lo, std::size_t hi) {
+                float* u = grow(tws.u, h);
+                for (std::size_t i = lo; i < hi; ++i) {
+                    const std::size_t g = first + i;
+                    const bool keep = token_mask.empty() || token_mask[g] != 0;
+                    token_math(p + i * rows, hidden, g * m_count, out, keep,
+                               fusion_type::has_conv ? x + g * mh : nullptr, alpha + i * m_count, u);
+                }
+            });
+            if constexpr (fusion_type::has_conv) {
+                on_threads(nb, [&](workspace& tws, std::size_t lo, std::size_t hi) {
+                    float* y = grow(tws.y, mh);
+                    float* u = grow(tws.u, h);
+                    const float** taps = grow(tws.taps, kc);
+                    for (std::size_t i = lo; i < hi; ++i) {
+                        const std::size_t g = first + i, b = g / seq_len, t = g % seq_len;
+                        for (std::size_t k = 0; k < kc; ++k) {
+                            const std::size_t back = (kc - 1 - k) * dil;
+                            taps[k] = back <= t ? x + (b * seq_len + t - back) * mh : zeros;
+                        }
+                        conv_fuse(taps, kc, conv_t, p + i * rows, alpha + i * m_count, y, u, out.row(g * m_count),
+                                  out.stride, h, m_count);
+                    }
+                });
             }
-            out[ch] = u[ch] + silu(y);
+        }
+        if (state != nullptr) {
+            // Leave the n-gram window and the last normalised rows of the (single) sequence in the state.
+            const std::span<row_id> scratch(grow(ws.step_rows, num_heads()), num_heads());
+            const std::size_t keep_rows = state->capacity_;
+            for (std::size_t t = 0; t < seq_len; ++t) {
+                state->ngram_.push(raw[t], scratch);
+                if constexpr (fusion_type::has_conv)
+                    if (t + keep_rows >= seq_len) std::copy_n(x + t * mh, mh, state->row(state->pos_));
+                state->advance();
+            }
         }
     }
 
@@ -465,12 +763,18 @@ private:
                       decode_state* state) const {
         const std::size_t tokens = batch * seq_len;
         check_mask(token_mask, tokens);
-        std::vector<row_id> row_ids(detail::checked_mul(tokens, num_heads(), "forward rows"));
-        rows(raw, batch, seq_len, row_ids);
-        std::vector<float> e(detail::checked_mul(tokens, memory_dim(), "forward memory"));
         check_table(rows_table);
-        rows_table.gather(std::span<const row_id>(row_ids), std::span<float>(e));
-        apply(e, raw, batch, seq_len, hidden, out, token_mask, state);
+        workspace& ws = local_workspace();
+        const std::size_t heads = num_heads(), d_mem = memory_dim();
+        row_id* ids = grow(ws.rows, detail::checked_mul(tokens, heads, "forward rows"));
+        rows(raw, batch, seq_len, std::span<row_id>(ids, tokens * heads));
+        // Each block gathers its memory vectors into the calling thread's workspace.
+        auto memory = [&rows_table, ids, heads, d_mem](workspace& tws, std::size_t first, std::size_t n) {
+            float* e = grow(tws.e, n * d_mem);
+            rows_table.gather(std::span<const row_id>(ids + first * heads, n * heads), std::span<float>(e, n * d_mem));
+            return static_cast<const float*>(e);
+        };
+        run(memory, batch, seq_len, hidden, out, token_mask, state, raw);
     }
 
     template <class Table>
@@ -491,74 +795,6 @@ private:
                               " entries, expected B*T = " + std::to_string(tokens));
     }
 
-    /// Projections, gate and fusion on gathered memory vectors e [B*T, D]; with `state`
-    /// (batch 1), also pushes `raw` into it and leaves the conv history there.
-    void apply(std::span<const float> e, std::span<const token_id> raw, std::size_t batch, std::size_t seq_len,
-               strided<const float> hidden, strided<float> out, std::span<const std::uint8_t> token_mask,
-               decode_state* state) const {
-        const std::size_t tokens = batch * seq_len;
-        const std::size_t heads = num_heads(), d_mem = memory_dim(), mh = branch_width();
-
-        // One GEMM for the value and every key projection.
-        const Eigen::Map<const row_matrix> em(e.data(), static_cast<Eigen::Index>(tokens),
-                                              static_cast<Eigen::Index>(d_mem));
-        row_matrix p(static_cast<Eigen::Index>(tokens), proj_w_.rows());
-        p.noalias() = em * proj_w_.transpose();
-        p.rowwise() += proj_b_.transpose();
-
-        const auto m_branches = static_cast<std::size_t>(cfg_.branches);
-        if constexpr (!fusion_type::has_conv) {
-            for (std::size_t i = 0; i < tokens; ++i)
-                token_math(p.row(static_cast<Eigen::Index>(i)).data(), hidden, i * m_branches, out,
-                           token_mask.empty() || token_mask[i] != 0, nullptr, nullptr);
-            if (state != nullptr) {
-                std::vector<row_id> scratch(heads);
-                for (token_id t : raw) {
-                    state->ngram_.push(t, scratch);
-                    state->advance();
-                }
-            }
-        } else {
-            // Per sequence: u and the normalised conv input for all T positions, then the conv.
-            std::vector<float> u(seq_len * mh), x(seq_len * mh);
-            const auto kc = static_cast<std::size_t>(cfg_.kernel_size);
-            const auto dil = static_cast<std::size_t>(cfg_.dilation());
-            for (std::size_t b = 0; b < batch; ++b) {
-                for (std::size_t t = 0; t < seq_len; ++t) {
-                    const std::size_t i = b * seq_len + t;
-                    token_math(p.row(static_cast<Eigen::Index>(i)).data(), hidden, i * m_branches, out, true,
-                               x.data() + t * mh, u.data() + t * mh);
-                }
-                for (std::size_t t = 0; t < seq_len; ++t) {
-                    const std::size_t i = b * seq_len + t;
-                    for (std::size_t m = 0; m < m_branches; ++m) {
-                        float* o = out.row(i * m_branches + m);
-                        const std::size_t base = m * static_cast<std::size_t>(cfg_.hidden);
-                        for (std::size_t c = 0; c < static_cast<std::size_t>(cfg_.hidden); ++c) {
-                            const std::size_t ch = base + c;
-                            const float* w = conv_w_.row(static_cast<Eigen::Index>(ch)).data();
-                            float y = 0.0f;
-                            for (std::size_t k = 0; k < kc; ++k) {
-                                const std::size_t back = (kc - 1 - k) * dil;
-                                if (back <= t) y += w[k] * x[(t - back) * mh + ch];
-                            }
-                            o[c] = u[t * mh + ch] + silu(y);
-                        }
-                    }
-                }
-            }
-            if (state != nullptr) {
-                // Leave the last rows of the (single) sequence in the state's history.
-                std::vector<row_id> scratch(heads);
-                for (std::size_t t = 0; t < seq_len; ++t) {
-                    state->ngram_.push(raw[t], scratch);
-                    std::copy_n(x.data() + t * mh, mh, state->row(state->pos_));
-                    state->advance();
-                }
-            }
-        }
-    }
-
     layer_config cfg_;
     canonical_table vocab_;
     hasher_type hasher_;
@@ -568,6 +804,9 @@ private:
     Eigen::VectorXf proj_b_;
     row_matrix key_norm_, hidden_norm_;
     row_matrix conv_w_, conv_norm_;
+    std::size_t threads_ = 1;
+    weight_format format_ = weight_format::f32;
+    std::vector<bfloat16> proj_w16_; ///< bf16 copy of proj_w_ (weight_format::bf16)
 };
 
 ENGRAM_END_NAMESPACE
