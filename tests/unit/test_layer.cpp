@@ -63,7 +63,9 @@ TEST_CASE("golden forward case: whole sequence within 1e-5", "[layer][golden]") 
     const double err = scaled_error(out, g.expected);
     INFO("scaled error " << err << ", elementwise " << elementwise_error(out, g.expected));
     CHECK(err <= 1e-5);
-    CHECK(elementwise_error(out, g.expected) <= 1e-4);
+    // Elementwise, values below 1e-2 in magnitude are judged on an absolute 1e-6: summation
+    // order (SSE2 vs AVX-512 GEMM kernels, FMA) moves outputs near zero by a few 1e-7.
+    CHECK(elementwise_error(out, g.expected, 1e-2) <= 1e-4);
 
     // The Eigen overload, with strided views (every other row of a wider buffer).
     const auto rows_n = static_cast<Eigen::Index>(g.batch * g.seq * 4);
