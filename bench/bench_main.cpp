@@ -1,5 +1,6 @@
 // main() for engram's benchmarks: runs every benchmark with repetitions (5 unless
-// --benchmark_repetitions is given), then prints the best rate of each as a summary.
+// --benchmark_repetitions is given), then prints the best rate (and the best CPU time per
+// iteration) of each as a summary.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -20,27 +21,43 @@ public:
         ConsoleReporter::ReportRuns(runs);
         for (const auto& run : runs) {
             if (run.run_type != Run::RT_Iteration || run.error_occurred) continue;
-            const auto it = run.counters.find("items_per_second");
-            if (it == run.counters.end()) continue;
-            auto& entry = best_[run.benchmark_name()];
-            entry.first = std::max(entry.first, static_cast<double>(it->second));
-            entry.second += 1;
-            if (std::find(order_.begin(), order_.end(), run.benchmark_name()) == order_.end())
-                order_.push_back(run.benchmark_name());
+            const auto items = run.counters.find("items_per_second");
+            const auto bytes = run.counters.find("bytes_per_second");
+            if (items == run.counters.end() && bytes == run.counters.end()) continue;
+            auto& e = best_[run.benchmark_name()];
+            if (e.n == 0) order_.push_back(run.benchmark_name());
+            e.bytes = items == run.counters.end();
+            e.rate = std::max(e.rate, static_cast<double>(e.bytes ? bytes->second : items->second));
+            const double t = run.GetAdjustedCPUTime();
+            e.time = e.n == 0 ? t : std::min(e.time, t);
+            e.unit = benchmark::GetTimeUnitString(run.time_unit);
+            e.n += 1;
         }
     }
     void Finalize() override {
         ConsoleReporter::Finalize();
         if (order_.empty()) return;
-        std::printf("\nbest of the repetitions (tokens/s):\n");
+        std::printf("\nbest of the repetitions (tokens/s; bytes/s where marked):\n");
         for (const auto& name : order_) {
-            const auto& [best, n] = best_[name];
-            std::printf("  %-60s %10.3f Mtok/s  (best of %d)\n", name.c_str(), best / 1e6, n);
+            const auto& e = best_[name];
+            if (e.bytes)
+                std::printf("  %-60s %10.3f GB/s    ", name.c_str(), e.rate / 1e9);
+            else if (e.rate >= 1e5)
+                std::printf("  %-60s %10.3f Mtok/s  ", name.c_str(), e.rate / 1e6);
+            else
+                std::printf("  %-60s %10.3f ktok/s  ", name.c_str(), e.rate / 1e3);
+            std::printf("(%.4g %s per iteration, best of %d)\n", e.time, e.unit, e.n);
         }
     }
 
 private:
-    std::map<std::string, std::pair<double, int>> best_;
+    struct entry {
+        double rate = 0, time = 0;
+        const char* unit = "";
+        bool bytes = false;
+        int n = 0;
+    };
+    std::map<std::string, entry> best_;
     std::vector<std::string> order_;
 };
 
