@@ -407,10 +407,40 @@ def cmd_compare(args):
         print(f"  {name}: {r:.2f}x (goal >= {goal}x) {'MET' if r >= goal else 'NOT MET'}")
         return r
 
+    def bound(name, bound_v, ours_v, limit):
+        # ours / bound for a time: at most `limit` is the goal.
+        if bound_v is None or ours_v is None or not bound_v:
+            print(f"  {name}: n/a (missing key)")
+            return None
+        r = ours_v / bound_v
+        print(f"  {name}: {r:.2f}x the bound (goal <= {limit}x) {'MET' if r <= limit else 'NOT MET'}")
+        return r
+
     out = {"threads": used}
     out["hash_ours_over_numpy"] = line("hashing ours/NumPy", ours.get("hash_mtok_s"), peer["hash_numpy_mtok_s"], 100)
     out["forward_torch_over_ours"] = line("forward PyTorch/ours", fwd["forward_ms_t512"], ours.get("forward_ms_t512"), 3)
     out["decode_torch_over_ours"] = line("decode PyTorch/ours", dec["decode_us"], ours.get("decode_us"), 2)
+    fwd2 = peer["forward"].get("2")
+    dec2 = peer["decode"].get("2")
+    if fwd2 and ours.get("forward_ms_t512_2t"):
+        out["forward_2t_torch_over_ours"] = line("forward, 2 threads each, PyTorch/ours", fwd2["forward_ms_t512"],
+                                                 ours.get("forward_ms_t512_2t"), 3)
+    if ours.get("decode_us_bf16"):
+        out["decode_bf16_torch_over_ours"] = line("decode, our bf16 weights, PyTorch (f32)/ours", dec["decode_us"],
+                                                  ours.get("decode_us_bf16"), 2)
+    if dec2:
+        print(f"  (PyTorch 2 threads: forward {fwd2['forward_ms_t512']:.1f} ms, decode {dec2['decode_us']:.0f} us)")
+    out["forward_over_gemm_bound"] = bound("forward ours/GEMM bound", ours.get("forward_bound_ms_t512"),
+                                           ours.get("forward_ms_t512"), 1.15)
+    out["decode_over_bound"] = bound("decode ours/bandwidth bound", ours.get("decode_bound_us"), ours.get("decode_us"),
+                                     1.3)
+    if ours.get("decode_bound_us_bf16"):
+        out["decode_bf16_over_bound"] = bound("decode bf16 ours/bandwidth bound", ours.get("decode_bound_us_bf16"),
+                                              ours.get("decode_us_bf16"), 1.3)
+    out["gather_over_probe"] = line("gather f32 ours/probe", ours.get("gather_mtok_s"), ours.get("gather_limit_mtok_s"),
+                                    0.9)
+    out["gather_bf16_over_probe"] = line("gather bf16 ours/probe", ours.get("gather_bf16_mtok_s"),
+                                         ours.get("gather_bf16_limit_mtok_s"), 0.9)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"peer": peer, "engram": ours, "ratios": out}, f, indent=2)

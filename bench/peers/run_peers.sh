@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the NumPy/PyTorch peers and (if built) `engram bench --json`, then prints the ratios.
 #   bench/peers/run_peers.sh [--json FILE]     (FILE: peer results; FILE.ratios.json: both sides + ratios)
-# Env: ENGRAM (default build/bin/engram), PEER_THREADS (default 1,2), PEER_REPS (default 5).
+# Env: ENGRAM (default build-bench/bin/engram from scripts/bench.sh, else build/bin/engram), PEER_THREADS (default 1,2), PEER_REPS (default 5).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -41,7 +41,11 @@ echo "== peers (OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset for the timing)"
 env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$PY" "$here/engram_peer.py" bench \
     --threads "${PEER_THREADS:-1,2}" --reps "${PEER_REPS:-5}" --json "$peer_json"
 
-ENGRAM="${ENGRAM:-build/bin/engram}"
+# Default: the binary scripts/bench.sh builds (-march=native), else the plain build's.
+if [ -z "${ENGRAM:-}" ]; then
+    ENGRAM=build-bench/bin/engram
+    [ -x "$ENGRAM" ] || ENGRAM=build/bin/engram
+fi
 ours_json="$(mktemp /tmp/engram-bench-XXXXXX.json)"
 rm -f "$ours_json"
 echo "== engram (C++): $ENGRAM bench --json $ours_json"

@@ -287,6 +287,8 @@ TEST_CASE("simd: layouts outside the kernel's range stay exact (scalar)", "[hash
     std::mt19937_64 rng(5);
     auto l = random_layout(rng, {2, 3}, 8, 5000);
     l.primes[5] = 2097169; // the first prime above 2^21
+    l.total_rows = 0;      // the heads after it move
+    for (std::size_t h = 0; h < l.primes.size(); ++h) l.offsets[h] = l.total_rows, l.total_rows += l.primes[h];
     const auto raw = random_ids(rng, 2 * 30, 5000);
     check_all_apis<engram::orders<2, 3>>(l, raw, 2, 30, true);
 }
