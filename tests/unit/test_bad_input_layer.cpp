@@ -2,6 +2,7 @@
 // `engram hash` / `engram forward` read), checkpoints, and the public entry points (token ids
 // negative or >= V, shapes). One table each; every row asserts the engram exception type and a
 // fragment of the message naming the field and the value.
+#include "support/bad_input.hpp"
 #include "support/catch.hpp"
 
 #include <engram/engram.hpp>
@@ -29,73 +30,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
-#ifdef ENGRAM_CATCH_V3
-template <class T>
-using matcher_base = Catch::Matchers::MatcherBase<T>;
-#else
-template <class T>
-using matcher_base = Catch::MatcherBase<T>;
-#endif
+using engram_test::bad_input;
+using engram_test::expect_rejected;
+using engram_test::kind;
 
-/// Matches an engram exception whose message contains `fragment`.
-struct what_contains : matcher_base<engram::error> {
-    explicit what_contains(std::string fragment) : fragment_(std::move(fragment)) {}
-    bool match(const engram::error& e) const override {
-        return std::string(e.what()).find(fragment_) != std::string::npos;
-    }
-    std::string describe() const override { return "has a message containing \"" + fragment_ + "\""; }
-
-private:
-    std::string fragment_;
-};
-
-enum class kind { format, config, input, io, unsupported };
-
-struct bad_input {
-    std::string label;
-    std::function<void()> load;
-    kind type;
-    std::string fragment;
-};
-
-void expect_rejected(const bad_input& row) {
-    INFO("bad input: " << row.label);
-    switch (row.type) {
-    case kind::format:
-        REQUIRE_THROWS_MATCHES(row.load(), engram::format_error, what_contains(row.fragment));
-        break;
-    case kind::config:
-        REQUIRE_THROWS_MATCHES(row.load(), engram::config_error, what_contains(row.fragment));
-        break;
-    case kind::input:
-        REQUIRE_THROWS_MATCHES(row.load(), engram::input_error, what_contains(row.fragment));
-        break;
-    case kind::io:
-        REQUIRE_THROWS_MATCHES(row.load(), engram::io_error, what_contains(row.fragment));
-        break;
-    case kind::unsupported:
-        REQUIRE_THROWS_MATCHES(row.load(), engram::unsupported_error, what_contains(row.fragment));
-        break;
-    }
-}
-
-/// A fresh directory for this process's files, removed at exit.
-fs::path work_dir() {
-    struct owned_dir {
-        fs::path path;
-        ~owned_dir() {
-            std::error_code ec;
-            fs::remove_all(path, ec);
-        }
-    };
-    static const owned_dir dir{[] {
-        const auto d = fs::temp_directory_path() / ("engram_bad_input_layer_" + std::to_string(::getpid()));
-        fs::remove_all(d);
-        fs::create_directories(d);
-        return d;
-    }()};
-    return dir.path;
-}
+fs::path work_dir() { return engram_test::scratch_dir("engram_bad_input_layer"); }
 
 const fs::path golden = fs::path(ENGRAM_TEST_DATA_DIR) / "forward_small.safetensors";
 

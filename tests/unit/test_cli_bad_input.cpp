@@ -2,6 +2,7 @@
 // forward, pack, verify, stats): every row must exit non-zero (2 for a usage mistake, 1 for bad
 // input), print exactly one line on stderr that names the problem, and leave no output file and
 // no temporary file behind.
+#include "support/bad_input.hpp"
 #include "support/catch.hpp"
 
 #include <engram/io/safetensors.hpp>
@@ -37,23 +38,7 @@ std::string slurp(const fs::path& p) {
     return s.str();
 }
 
-/// A fresh directory for this process's files, removed at exit.
-fs::path work_dir() {
-    struct owned_dir {
-        fs::path path;
-        ~owned_dir() {
-            std::error_code ec;
-            fs::remove_all(path, ec);
-        }
-    };
-    static const owned_dir dir{[] {
-        const auto d = fs::temp_directory_path() / ("engram_cli_bad_input_" + std::to_string(::getpid()));
-        fs::remove_all(d);
-        fs::create_directories(d);
-        return d;
-    }()};
-    return dir.path;
-}
+fs::path work_dir() { return engram_test::scratch_dir("engram_cli_bad_input"); }
 
 std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
 

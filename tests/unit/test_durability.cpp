@@ -3,6 +3,7 @@
 // or complete and verifiable, never a file that opens but is wrong, and the only leftovers are
 // the documented temporaries. Then single bytes of every section of packed tables are flipped:
 // each flip is caught by validation or a checksum, or it left the content exactly as it was.
+#include "support/bad_input.hpp"
 #include "support/catch.hpp"
 
 #include <engram/io/safetensors.hpp>
@@ -30,23 +31,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-/// A fresh directory for this process's files, removed at exit.
-fs::path work_dir() {
-    struct owned_dir {
-        fs::path path;
-        ~owned_dir() {
-            std::error_code ec;
-            fs::remove_all(path, ec);
-        }
-    };
-    static const owned_dir dir{[] {
-        const auto d = fs::temp_directory_path() / ("engram_durability_" + std::to_string(::getpid()));
-        fs::remove_all(d);
-        fs::create_directories(d);
-        return d;
-    }()};
-    return dir.path;
-}
+fs::path work_dir() { return engram_test::scratch_dir("engram_durability"); }
 
 fs::path fresh_dir(const std::string& name) {
     const fs::path d = work_dir() / name;
