@@ -8,6 +8,7 @@
 #include <engram/layer.hpp>
 
 #include "support/catch.hpp"
+#include "support/random_inputs.hpp"
 
 #include <cmath>
 #include <cstdint>
@@ -44,21 +45,8 @@ engram::layer<Policies> make_layer(std::int64_t hidden, std::int64_t branches, s
     return l;
 }
 
-std::vector<float> normal_values(std::size_t n, std::uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::vector<float> v(n);
-    for (auto& x : v) x = normal(rng);
-    return v;
-}
-
-std::vector<engram::token_id> token_ids(std::size_t n, std::uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    std::uniform_int_distribution<engram::token_id> pick(0, 499);
-    std::vector<engram::token_id> v(n);
-    for (auto& t : v) t = pick(rng);
-    return v;
-}
+using engram_test::normal_values;
+using engram_test::token_ids;
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
