@@ -7,6 +7,10 @@
 //   layer/gemm_bound_t512  the projections alone: an Eigen GEMM [512, D = 1024] x
 //                          [D, (1+M)H = 5120] (a random weight of the layer's shape), tokens/s
 //   layer/decode_step      layer.decode_step, one token (tokens/s = steps/s)
+//   .../format:N           the projection weights: 0 f32, 1 bf16, 2 bf16 dot products
+//                          (weight_format::bf16_dot: weights and memory vectors in bf16)
+//   layer/gemm_bf16_dot_t512  the bf16 dot-product GEMM of the projection shapes alone (the
+//                          bound of the forward with weight_format::bf16_dot)
 //   layer/read_bandwidth   sum of 1 GiB of the table as 64-bit words (bytes/s); the decode
 //                          step's bound is its weight bytes (counter weight_bytes on
 //                          layer/decode_step, 21.1 MB) / this bandwidth
@@ -15,6 +19,7 @@
 // benchmark.
 #include "bench_common.hpp"
 
+#include <engram/kernels/gemm_bf16.hpp>
 #include <engram/layer.hpp>
 
 #include <benchmark/benchmark.h>
@@ -60,8 +65,23 @@ const std::vector<float>& hidden_states() {
     return h;
 }
 
+constexpr engram::weight_format formats[] = {engram::weight_format::f32, engram::weight_format::bf16,
+                                             engram::weight_format::bf16_dot};
+
+/// Sets the layer's weight format for one benchmark and restores f32 after it.
+struct format_scope {
+    engram::layer<>& layer;
+    format_scope(engram::layer<>& l, const benchmark::State& state) : layer(l) {
+        layer.set_weight_format(formats[static_cast<std::size_t>(state.range(0))]);
+    }
+    ~format_scope() { layer.set_weight_format(engram::weight_format::f32); }
+    format_scope(const format_scope&) = delete;
+    format_scope& operator=(const format_scope&) = delete;
+};
+
 void BM_forward(benchmark::State& state) {
     auto& layer = the_layer();
+    const format_scope scope(layer, state);
     const auto& tokens = eb::stream_token_ids();
     const auto& hidden = hidden_states();
     std::vector<float> out(hidden.size());
@@ -86,6 +106,26 @@ void BM_gemm_bound(benchmark::State& state) {
     matrix y(static_cast<Eigen::Index>(seq), width);
     for (auto _ : state) {
         y.noalias() = x * w.transpose();
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+    }
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations() * seq));
+}
+
+void BM_gemm_bf16_dot(benchmark::State& state) {
+    const engram::layer_config cfg;
+    const auto d = static_cast<std::size_t>(cfg.memory_dim());
+    const auto width = static_cast<std::size_t>((1 + cfg.branches) * cfg.hidden);
+    const matrix x = matrix::Random(static_cast<Eigen::Index>(seq), static_cast<Eigen::Index>(d));
+    const matrix w = matrix::Random(static_cast<Eigen::Index>(width), static_cast<Eigen::Index>(d));
+    const engram::kernels::packed_bf16 packed(w.data(), width, d);
+    std::vector<std::uint32_t> a(seq * packed.pairs());
+    for (std::size_t i = 0; i < seq; ++i)
+        engram::kernels::to_bf16_pairs(x.data() + i * d, d, a.data() + i * packed.pairs());
+    std::vector<float> y(seq * width), bias(width, 0.0f);
+    for (auto _ : state) {
+        engram::kernels::gemm_bf16_dot(packed, 0, packed.strips(), a.data(), packed.pairs(), seq, y.data(), width,
+                                       bias.data());
         benchmark::DoNotOptimize(y.data());
         benchmark::ClobberMemory();
     }
@@ -120,6 +160,7 @@ double weight_bytes() {
 
 void BM_decode(benchmark::State& state) {
     auto& layer = the_layer();
+    const format_scope scope(layer, state);
     const auto& tokens = eb::stream_token_ids();
     auto st = layer.new_decode_state();
     const std::size_t width = branch_width();
@@ -133,13 +174,20 @@ void BM_decode(benchmark::State& state) {
         benchmark::ClobberMemory();
     }
     state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()));
-    state.counters["weight_bytes"] = weight_bytes();
+    state.counters["weight_bytes"] = state.range(0) == 0 ? weight_bytes() : weight_bytes() / 2;
 }
 
 const bool registered = [] {
-    benchmark::RegisterBenchmark("layer/forward_t512", BM_forward)->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark("layer/forward_t512", BM_forward)
+        ->ArgName("format")
+        ->DenseRange(0, 2)
+        ->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark("layer/gemm_bound_t512", BM_gemm_bound)->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark("layer/decode_step", BM_decode)->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark("layer/gemm_bf16_dot_t512", BM_gemm_bf16_dot)->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark("layer/decode_step", BM_decode)
+        ->ArgName("format")
+        ->DenseRange(0, 2)
+        ->Unit(benchmark::kMicrosecond);
     benchmark::RegisterBenchmark("layer/read_bandwidth", BM_read_bandwidth)->Unit(benchmark::kMillisecond);
     return true;
 }();

@@ -773,6 +773,29 @@ int run_lookup(const lookup_options& opt) {
             layer.forward(std::span<const engram::token_id>(tokens).subspan(fwd_at, T), 1, T, hidden, fwd_out);
             fwd_at += T;
         });
+    // 6. bf16 dot products (bf16 weights and memory vectors, float accumulation): decode, forward
+    // on 1 and 2 threads.
+    layer.set_weight_format(engram::weight_format::bf16_dot);
+    const double decode_us_dot = 1e6 / static_cast<double>(block) * best_seconds(reps + 1, [&](std::size_t) {
+                                     for (std::size_t i = 0; i < block; ++i) {
+                                         layer.decode_step(state, tokens[dec_at], step_in, step_out);
+                                         dec_at = (dec_at + 1) % n_tok;
+                                     }
+                                 });
+    const double forward_ms_dot =
+        1e3 * best_seconds(fwd_reps, [&](std::size_t) {
+            if (fwd_at + T > n_tok) fwd_at = 0;
+            layer.forward(std::span<const engram::token_id>(tokens).subspan(fwd_at, T), 1, T, hidden, fwd_out);
+            fwd_at += T;
+        });
+    layer.set_threads(2);
+    const double forward_ms_dot2 =
+        1e3 * best_seconds(fwd_reps, [&](std::size_t) {
+            if (fwd_at + T > n_tok) fwd_at = 0;
+            layer.forward(std::span<const engram::token_id>(tokens).subspan(fwd_at, T), 1, T, hidden, fwd_out);
+            fwd_at += T;
+        });
+    layer.set_threads(1);
     layer.set_weight_format(engram::weight_format::f32);
 
     // Report.
@@ -799,6 +822,12 @@ int run_lookup(const lookup_options& opt) {
          fmt_num(bound_ms / forward_ms16, 2)},
         {"decode step, bf16 weights", fmt_num(decode_us16, 1) + " us", "bound " + fmt_num(decode_bound_us16, 1) + " us",
          fmt_num(decode_bound_us16 / decode_us16, 2)},
+        {"forward, bf16 dot products", fmt_num(forward_ms_dot, 2) + " ms", "GEMM " + fmt_num(bound_ms, 2) + " ms (f32)",
+         fmt_num(bound_ms / forward_ms_dot, 2)},
+        {"forward, bf16 dot, 2 threads", fmt_num(forward_ms_dot2, 2) + " ms",
+         "1 thread " + fmt_num(forward_ms_dot, 2) + " ms", fmt_num(forward_ms_dot / forward_ms_dot2, 2) + "x"},
+        {"decode step, bf16 dot", fmt_num(decode_us_dot, 1) + " us", "bound " + fmt_num(decode_bound_us16, 1) + " us",
+         fmt_num(decode_bound_us16 / decode_us_dot, 2)},
         {"threads (forward, figures)", "1", "except the 2-thread rows", ""},
         {"hash, 2 threads", fmt_num(hash_mtok2, 1) + " Mtok/s", "1 thread " + fmt_num(hash_mtok, 1) + " Mtok/s",
          fmt_num(hash_mtok2 / hash_mtok, 2) + "x"},
@@ -819,6 +848,7 @@ int run_lookup(const lookup_options& opt) {
               << fmt_num(bandwidth / 1e9, 2) << " GB/s (sum of " << fmt_num(static_cast<double>(bw_bytes) / 1e9, 2)
               << " GB); bf16: " << fmt_num(weight_bytes16 / 1e6, 2) << " MB (projection in bf16)\n"
               << "  forward, 2 threads: layer.set_threads(2), token tiles split between 2 threads\n"
+              << "  bf16 dot: weight_format::bf16_dot, weights and memory vectors in bf16, float accumulation\n"
               << "  2 threads (hash, gather): the batch split in two halves on std::threads (scaling vs 1 thread)\n"
               << "  hash: batches of 16,384 tokens into one reused buffer; 'into one stream array': every batch's\n"
               << "  row ids kept (" << fmt_num(static_cast<double>(n_tok * heads * 8) / 1e6, 0)
@@ -850,6 +880,9 @@ int run_lookup(const lookup_options& opt) {
         kv("decode_us_bf16", decode_us16);
         kv("decode_bound_us_bf16", decode_bound_us16);
         kv("weight_bytes_bf16", weight_bytes16);
+        kv("forward_ms_t512_bf16_dot", forward_ms_dot);
+        kv("forward_ms_t512_bf16_dot_2t", forward_ms_dot2);
+        kv("decode_us_bf16_dot", decode_us_dot);
         kv("read_bandwidth_gb_s", bandwidth / 1e9);
         kv("weight_bytes", weight_bytes);
         kv("table_rows", static_cast<double>(rows));
@@ -949,7 +982,8 @@ int cmd_bench_lookup(const std::vector<std::string>& argv) {
                 << "separated ids in [0, 98627)), then measures, single-threaded, best of --reps (5; 3 quick):\n"
                 << "hashing, gather f32 and bf16 against a bare memcpy random-row probe, the forward (B = 1,\n"
                 << "T = 512) against an Eigen GEMM of the projection shapes, one decode step against weight\n"
-                << "bytes / read bandwidth, the forward and decode again with bf16 projection weights, and\n"
+                << "bytes / read bandwidth, the forward and decode again with bf16 projection weights and with\n"
+                << "bf16 dot products (weight_format::bf16_dot; its forward on 2 threads too), and\n"
                 << "the forward, hashing and gather on 2 threads. Prints a table; --json FILE writes the\n"
                 << "numbers (atomically).\n";
             return 0;

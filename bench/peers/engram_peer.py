@@ -428,6 +428,16 @@ def cmd_compare(args):
     if ours.get("decode_us_bf16"):
         out["decode_bf16_torch_over_ours"] = line("decode, our bf16 weights, PyTorch (f32)/ours", dec["decode_us"],
                                                   ours.get("decode_us_bf16"), 2)
+    if ours.get("forward_ms_t512_bf16_dot"):
+        out["forward_bf16_dot_torch_over_ours"] = line("forward, our bf16 dot products, PyTorch (f32)/ours",
+                                                       fwd["forward_ms_t512"], ours.get("forward_ms_t512_bf16_dot"), 3)
+    if fwd2 and ours.get("forward_ms_t512_bf16_dot_2t"):
+        out["forward_bf16_dot_2t_torch_over_ours"] = line(
+            "forward, bf16 dot products, 2 threads each, PyTorch (f32)/ours", fwd2["forward_ms_t512"],
+            ours.get("forward_ms_t512_bf16_dot_2t"), 3)
+    if ours.get("decode_us_bf16_dot"):
+        out["decode_bf16_dot_torch_over_ours"] = line("decode, our bf16 dot products, PyTorch (f32)/ours",
+                                                      dec["decode_us"], ours.get("decode_us_bf16_dot"), 2)
     if dec2:
         print(f"  (PyTorch 2 threads: forward {fwd2['forward_ms_t512']:.1f} ms, decode {dec2['decode_us']:.0f} us)")
     out["forward_over_gemm_bound"] = bound("forward ours/GEMM bound", ours.get("forward_bound_ms_t512"),

@@ -172,7 +172,7 @@ TEMPLATE_TEST_CASE("forward and decode_step allocate nothing once warm", "[alloc
     std::vector<float> out(hidden.size()), step(MH);
     auto state = layer.new_decode_state();
 
-    for (auto format : {engram::weight_format::f32, engram::weight_format::bf16}) {
+    for (auto format : {engram::weight_format::f32, engram::weight_format::bf16, engram::weight_format::bf16_dot}) {
         layer.set_weight_format(format);
         auto run = [&] {
             layer.forward(ids, B, T, hidden, out);
@@ -181,7 +181,7 @@ TEMPLATE_TEST_CASE("forward and decode_step allocate nothing once warm", "[alloc
                 layer.decode_step(state, ids[t], std::span(hidden).subspan(t * MH, MH), step);
         };
         run(); // warm: the workspace grows to these shapes
-        INFO("weights " << (format == engram::weight_format::bf16 ? "bf16" : "f32"));
+        INFO("weights format " << static_cast<int>(format));
         CHECK(allocations_of(run) == 0);
         CHECK(allocations_of(run) == 0);
     }

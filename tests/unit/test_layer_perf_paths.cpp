@@ -106,6 +106,42 @@ TEST_CASE("add_silu: u + y sigmoid(y) within a few ulp of a double reference", "
     CHECK(worst <= 4 * 0x1p-24);
 }
 
+TEST_CASE("conv_silu: a v + SiLU(sum of taps) within a few ulp of a double reference", "[kernels]") {
+    // Four branches' channels of 1003 each; every branch's channels start at a different offset
+    // (not a multiple of 16), so every tail and alignment is covered.
+    const std::size_t h = 1003, branches = 4, mh = h * branches;
+    for (std::size_t kc : {1u, 2u, 4u}) {
+        std::vector<std::vector<float>> rows;
+        for (std::size_t k = 0; k < kc; ++k) rows.push_back(normal_values(mh, 10 + k));
+        rows[0][5] = 40.0f; // large |y| on both sides: the clamp of e^-y
+        rows[0][6] = -40.0f;
+        std::vector<const float*> taps;
+        for (const auto& r : rows) taps.push_back(r.data());
+        const auto w = normal_values(kc * mh, 20 + kc), v = normal_values(h, 30);
+        std::vector<float> y(mh), out(h);
+        for (std::size_t m = 0; m < branches; ++m) {
+            const float a = 0.25f + 0.5f * static_cast<float>(m);
+            ek::conv_silu(taps.data(), kc, w.data(), mh, m * h, v.data(), a, y.data(), out.data(), h);
+            double worst = 0;
+            for (std::size_t c = 0; c < h; ++c) {
+                double yd = 0, ymag = 0;
+                for (std::size_t k = 0; k < kc; ++k) {
+                    const double t = static_cast<double>(w[k * mh + m * h + c]) * rows[k][m * h + c];
+                    yd += t;
+                    ymag += std::fabs(t);
+                }
+                const double silu = yd / (1.0 + std::exp(-yd));
+                const double ref = static_cast<double>(a) * v[c] + silu;
+                // the float sum of kc products may be off by kc ulp of their magnitudes
+                const double scale = std::max(std::fabs(static_cast<double>(a) * v[c]), ymag);
+                worst = std::max(worst, std::fabs(out[c] - ref) / scale);
+            }
+            INFO("kc " << kc << ", branch " << m << ": worst error " << worst << " relative to the larger term");
+            CHECK(worst <= (4 + 2 * static_cast<double>(kc)) * 0x1p-24);
+        }
+    }
+}
+
 TEST_CASE("lane sums equal sequential double sums", "[kernels]") {
     for (std::size_t n : {0u, 1u, 7u, 8u, 9u, 64u, 1023u}) {
         const auto k = normal_values(n, 10 + n), h = normal_values(n, 20 + n), w1 = normal_values(n, 30 + n),
@@ -202,6 +238,26 @@ TEST_CASE("bf16 GEMV: within float accumulation of the bf16 product, within 2^-8
     }
 }
 
+TEST_CASE("f32 GEMV: within float accumulation of the exact product", "[kernels]") {
+    for (auto [rows, cols] : {std::pair<std::size_t, std::size_t>{1, 1}, {7, 31}, {13, 96}, {64, 1000}, {5, 33}}) {
+        const auto w = normal_values(rows * cols, rows * 5 + cols);
+        const auto x = normal_values(cols, cols + 1);
+        std::vector<float> y(rows + 1, 42.0f);
+        ek::gemv_f32(w.data(), x.data(), y.data(), rows, cols);
+        CHECK(y[rows] == 42.0f); // nothing written past the rows
+        const double gamma = static_cast<double>(cols + 2) * 0x1p-24;
+        for (std::size_t r = 0; r < rows; ++r) {
+            double exact = 0, abs_sum = 0;
+            for (std::size_t c = 0; c < cols; ++c) {
+                exact += static_cast<double>(w[r * cols + c]) * x[c];
+                abs_sum += std::fabs(static_cast<double>(w[r * cols + c]) * x[c]);
+            }
+            INFO("rows " << rows << ", cols " << cols << ", row " << r);
+            CHECK(std::fabs(y[r] - exact) <= gamma * abs_sum);
+        }
+    }
+}
+
 TEMPLATE_TEST_CASE("bf16 weights: the layer equals an f32 layer with the weights rounded to bf16", "[layer][bf16]",
                    engram::layer_policies, production_policies) {
     auto f32 = make_layer<TestType>(64, 2, 4, 21);
@@ -269,4 +325,67 @@ TEST_CASE("forward over several blocks equals token-by-token decoding", "[layer]
     }
     INFO("relative error " << relative_error(whole, streamed));
     CHECK(relative_error(whole, streamed) <= 1e-5);
+}
+
+TEMPLATE_TEST_CASE("bf16 dot products: the layer equals an f32 layer with weights and rows rounded to bf16",
+                   "[layer][bf16]", engram::layer_policies, production_policies) {
+    // (1+M)H = 3 x 160 = 480 rows: 15 strips of 32, one panel; D = 96.
+    const std::size_t B = 2, T = 45, M = 2, H = 160, MH = M * H;
+    auto round_all = [](auto&& block) {
+        for (Eigen::Index i = 0; i < block.rows(); ++i)
+            for (Eigen::Index j = 0; j < block.cols(); ++j)
+                block(i, j) = engram::bfloat16::from_float(block(i, j)).to_float();
+    };
+    auto round_rows = [](auto& layer) {
+        for (auto& v : layer.table().values()) v = engram::bfloat16::from_float(v).to_float();
+    };
+    auto f32 = make_layer<TestType>(H, M, 4, 23);
+    auto rounded = make_layer<TestType>(H, M, 4, 23);
+    round_all(rounded.value_weight());
+    for (std::size_t m = 0; m < M; ++m) round_all(rounded.key_weight(m));
+    round_rows(rounded);
+    auto dot = make_layer<TestType>(H, M, 4, 23);
+    round_rows(dot);
+    dot.set_weight_format(engram::weight_format::bf16_dot);
+    CHECK(dot.projection_format() == engram::weight_format::bf16_dot);
+
+    const auto ids = token_ids(B * T, 31);
+    const auto hidden = normal_values(B * T * MH, 32);
+    std::vector<float> od(hidden.size()), o_rounded(hidden.size()), o32(hidden.size());
+    dot.forward(ids, B, T, hidden, od);
+    rounded.forward(ids, B, T, hidden, o_rounded);
+    f32.forward(ids, B, T, hidden, o32);
+    INFO("bf16_dot vs rounded f32 " << relative_error(od, o_rounded) << ", vs f32 " << relative_error(od, o32));
+    CHECK(relative_error(od, o_rounded) <= 1e-5); // the rows are bf16 already: accumulation order only
+    CHECK(relative_error(od, o32) <= 5e-2);
+    CHECK(relative_error(od, o32) > 1e-6);
+
+    // Threads: the same bits.
+    for (std::size_t n : {2u, 3u}) {
+        dot.set_threads(n);
+        std::vector<float> many(hidden.size(), -1.0f);
+        dot.forward(ids, B, T, hidden, many);
+        CHECK(same_bits(many, od));
+    }
+    dot.set_threads(1);
+
+    // Decode: token by token, the same bits as the forward of the first sequence.
+    auto st = dot.new_decode_state();
+    std::vector<float> step(MH), streamed;
+    for (std::size_t t = 0; t < T; ++t) {
+        dot.decode_step(st, ids[t], std::span(hidden).subspan(t * MH, MH), step);
+        streamed.insert(streamed.end(), step.begin(), step.end());
+    }
+    CHECK(same_bits(streamed, std::vector<float>(od.begin(), od.begin() + static_cast<std::ptrdiff_t>(T * MH))));
+
+    // Float rows are rounded to bf16 on the way in: the same bits as the layer whose rows were
+    // rounded beforehand.
+    auto unrounded = make_layer<TestType>(H, M, 4, 23);
+    unrounded.set_weight_format(engram::weight_format::bf16_dot);
+    std::vector<float> ou(hidden.size());
+    unrounded.forward(ids, B, T, hidden, ou);
+    CHECK(same_bits(ou, od));
+
+    CHECK_THROWS_AS(dot.set_weight_format(static_cast<engram::weight_format>(7)), engram::config_error);
+    CHECK(dot.projection_format() == engram::weight_format::bf16_dot);
 }

@@ -1,8 +1,8 @@
 #pragma once
 // SPDX-License-Identifier: MIT
-// y = W x for bf16 weights W [rows, cols] (row-major) and float x, accumulated in float: the
-// decode step's projection when the layer keeps bf16 weights. An AVX-512 kernel (compiled with a
-// target attribute, chosen at run time, no -march needed) and a portable fallback.
+// y = W x for bf16 or float weights W [rows, cols] (row-major) and float x, accumulated in float:
+// the decode step's projection. An AVX-512 kernel (compiled with a target attribute, chosen at
+// run time, no -march needed) and a portable fallback.
 
 #include <engram/config.hpp>
 #include <engram/storage/row_types.hpp>
@@ -43,13 +43,17 @@ inline void gemv_bf16_portable(const bfloat16* w, const float* x, float* y, std:
 namespace detail {
 
 /// 16 bf16 values (at p, `mask` selects them) widened to float.
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load_bf16x16(const bfloat16* p,
-                                                                                __mmask16 mask) noexcept {
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(const bfloat16* p, __mmask16 mask) noexcept {
     const __m256i raw = _mm256_maskz_loadu_epi16(mask, p);
     // The zero-masked forms: g++ 12 flags the unmasked ones' _mm512_undefined_epi32() as
     // maybe-uninitialized.
     constexpr auto all = static_cast<__mmask16>(0xFFFF);
     return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(all, _mm512_maskz_cvtepu16_epi32(all, raw), 16));
+}
+
+/// 16 floats at p (`mask` selects them).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 load16(const float* p, __mmask16 mask) noexcept {
+    return _mm512_maskz_loadu_ps(mask, p);
 }
 
 /// The sum of the 16 lanes, with zero-masked shuffles only (g++ 12 flags the
@@ -63,43 +67,45 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline float sum_lanes(__m5
     return _mm512_cvtss_f32(v);
 }
 
-/// AVX-512: four rows at a time share each load of x; two accumulators per row.
+/// AVX-512: four rows at a time share each load of x; two accumulators per row. `W` is bfloat16
+/// (widened on load) or float.
+template <class W>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void
-gemv_bf16_avx512(const bfloat16* w, const float* x, float* y, std::size_t rows, std::size_t cols) noexcept {
+gemv_avx512(const W* w, const float* x, float* y, std::size_t rows, std::size_t cols) noexcept {
     const std::size_t full = cols / 32 * 32;
     const std::size_t rest = cols - full;
     const auto mask_lo = static_cast<__mmask16>(rest >= 16 ? 0xFFFFu : (1u << rest) - 1u);
     const auto mask_hi = static_cast<__mmask16>(rest <= 16 ? 0u : (1u << (rest - 16)) - 1u);
     std::size_t r = 0;
     for (; r + 4 <= rows; r += 4) {
-        const bfloat16* w0 = w + r * cols;
-        const bfloat16* w1 = w0 + cols;
-        const bfloat16* w2 = w1 + cols;
-        const bfloat16* w3 = w2 + cols;
+        const W* w0 = w + r * cols;
+        const W* w1 = w0 + cols;
+        const W* w2 = w1 + cols;
+        const W* w3 = w2 + cols;
         __m512 a0 = _mm512_setzero_ps(), b0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps(),
                a2 = _mm512_setzero_ps(), b2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps(), b3 = _mm512_setzero_ps();
         for (std::size_t c = 0; c < full; c += 32) {
             const __m512 xa = _mm512_loadu_ps(x + c), xb = _mm512_loadu_ps(x + c + 16);
-            a0 = _mm512_fmadd_ps(load_bf16x16(w0 + c, 0xFFFF), xa, a0);
-            b0 = _mm512_fmadd_ps(load_bf16x16(w0 + c + 16, 0xFFFF), xb, b0);
-            a1 = _mm512_fmadd_ps(load_bf16x16(w1 + c, 0xFFFF), xa, a1);
-            b1 = _mm512_fmadd_ps(load_bf16x16(w1 + c + 16, 0xFFFF), xb, b1);
-            a2 = _mm512_fmadd_ps(load_bf16x16(w2 + c, 0xFFFF), xa, a2);
-            b2 = _mm512_fmadd_ps(load_bf16x16(w2 + c + 16, 0xFFFF), xb, b2);
-            a3 = _mm512_fmadd_ps(load_bf16x16(w3 + c, 0xFFFF), xa, a3);
-            b3 = _mm512_fmadd_ps(load_bf16x16(w3 + c + 16, 0xFFFF), xb, b3);
+            a0 = _mm512_fmadd_ps(load16(w0 + c, 0xFFFF), xa, a0);
+            b0 = _mm512_fmadd_ps(load16(w0 + c + 16, 0xFFFF), xb, b0);
+            a1 = _mm512_fmadd_ps(load16(w1 + c, 0xFFFF), xa, a1);
+            b1 = _mm512_fmadd_ps(load16(w1 + c + 16, 0xFFFF), xb, b1);
+            a2 = _mm512_fmadd_ps(load16(w2 + c, 0xFFFF), xa, a2);
+            b2 = _mm512_fmadd_ps(load16(w2 + c + 16, 0xFFFF), xb, b2);
+            a3 = _mm512_fmadd_ps(load16(w3 + c, 0xFFFF), xa, a3);
+            b3 = _mm512_fmadd_ps(load16(w3 + c + 16, 0xFFFF), xb, b3);
         }
         if (rest != 0) {
             const __m512 xa = _mm512_maskz_loadu_ps(mask_lo, x + full);
             const __m512 xb = _mm512_maskz_loadu_ps(mask_hi, x + full + 16);
-            a0 = _mm512_fmadd_ps(load_bf16x16(w0 + full, mask_lo), xa, a0);
-            b0 = _mm512_fmadd_ps(load_bf16x16(w0 + full + 16, mask_hi), xb, b0);
-            a1 = _mm512_fmadd_ps(load_bf16x16(w1 + full, mask_lo), xa, a1);
-            b1 = _mm512_fmadd_ps(load_bf16x16(w1 + full + 16, mask_hi), xb, b1);
-            a2 = _mm512_fmadd_ps(load_bf16x16(w2 + full, mask_lo), xa, a2);
-            b2 = _mm512_fmadd_ps(load_bf16x16(w2 + full + 16, mask_hi), xb, b2);
-            a3 = _mm512_fmadd_ps(load_bf16x16(w3 + full, mask_lo), xa, a3);
-            b3 = _mm512_fmadd_ps(load_bf16x16(w3 + full + 16, mask_hi), xb, b3);
+            a0 = _mm512_fmadd_ps(load16(w0 + full, mask_lo), xa, a0);
+            b0 = _mm512_fmadd_ps(load16(w0 + full + 16, mask_hi), xb, b0);
+            a1 = _mm512_fmadd_ps(load16(w1 + full, mask_lo), xa, a1);
+            b1 = _mm512_fmadd_ps(load16(w1 + full + 16, mask_hi), xb, b1);
+            a2 = _mm512_fmadd_ps(load16(w2 + full, mask_lo), xa, a2);
+            b2 = _mm512_fmadd_ps(load16(w2 + full + 16, mask_hi), xb, b2);
+            a3 = _mm512_fmadd_ps(load16(w3 + full, mask_lo), xa, a3);
+            b3 = _mm512_fmadd_ps(load16(w3 + full + 16, mask_hi), xb, b3);
         }
         y[r] = sum_lanes(_mm512_add_ps(a0, b0));
         y[r + 1] = sum_lanes(_mm512_add_ps(a1, b1));
@@ -107,16 +113,15 @@ gemv_bf16_avx512(const bfloat16* w, const float* x, float* y, std::size_t rows, 
         y[r + 3] = sum_lanes(_mm512_add_ps(a3, b3));
     }
     for (; r < rows; ++r) {
-        const bfloat16* wr = w + r * cols;
+        const W* wr = w + r * cols;
         __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps();
         for (std::size_t c = 0; c < full; c += 32) {
-            a = _mm512_fmadd_ps(load_bf16x16(wr + c, 0xFFFF), _mm512_loadu_ps(x + c), a);
-            b = _mm512_fmadd_ps(load_bf16x16(wr + c + 16, 0xFFFF), _mm512_loadu_ps(x + c + 16), b);
+            a = _mm512_fmadd_ps(load16(wr + c, 0xFFFF), _mm512_loadu_ps(x + c), a);
+            b = _mm512_fmadd_ps(load16(wr + c + 16, 0xFFFF), _mm512_loadu_ps(x + c + 16), b);
         }
         if (rest != 0) {
-            a = _mm512_fmadd_ps(load_bf16x16(wr + full, mask_lo), _mm512_maskz_loadu_ps(mask_lo, x + full), a);
-            b = _mm512_fmadd_ps(load_bf16x16(wr + full + 16, mask_hi), _mm512_maskz_loadu_ps(mask_hi, x + full + 16),
-                                b);
+            a = _mm512_fmadd_ps(load16(wr + full, mask_lo), _mm512_maskz_loadu_ps(mask_lo, x + full), a);
+            b = _mm512_fmadd_ps(load16(wr + full + 16, mask_hi), _mm512_maskz_loadu_ps(mask_hi, x + full + 16), b);
         }
         y[r] = sum_lanes(_mm512_add_ps(a, b));
     }
@@ -141,11 +146,35 @@ inline bool gemv_bf16_uses_avx512() noexcept {
 inline void gemv_bf16(const bfloat16* w, const float* x, float* y, std::size_t rows, std::size_t cols) noexcept {
 #if ENGRAM_KERNELS_X86
     if (gemv_bf16_uses_avx512()) {
-        detail::gemv_bf16_avx512(w, x, y, rows, cols);
+        detail::gemv_avx512(w, x, y, rows, cols);
         return;
     }
 #endif
     gemv_bf16_portable(w, x, y, rows, cols);
+}
+
+/// @brief y[r] = sum_c w[r, c] x[c] for float `w` [rows, cols] row-major: the AVX-512 kernel
+///        (four rows share each load of x, two accumulators per row, then lane sums) where the
+///        CPU has it, else 8 float lanes per row.
+inline void gemv_f32(const float* w, const float* x, float* y, std::size_t rows, std::size_t cols) noexcept {
+#if ENGRAM_KERNELS_X86
+    if (gemv_bf16_uses_avx512()) {
+        detail::gemv_avx512(w, x, y, rows, cols);
+        return;
+    }
+#endif
+    constexpr std::size_t lanes = 8;
+    for (std::size_t r = 0; r < rows; ++r) {
+        const float* wr = w + r * cols;
+        float acc[lanes] = {};
+        std::size_t c = 0;
+        for (; c + lanes <= cols; c += lanes)
+            for (std::size_t j = 0; j < lanes; ++j) acc[j] += wr[c + j] * x[c + j];
+        for (; c < cols; ++c) acc[0] += wr[c] * x[c];
+        float sum = 0;
+        for (float a : acc) sum += a;
+        y[r] = sum;
+    }
 }
 
 /// @brief Widens `n` bf16 values to float (the forward's weight panels).

@@ -11,6 +11,7 @@
 #include <engram/hash/hasher.hpp>
 #include <engram/hash/layout.hpp>
 #include <engram/hash/multiply_xor.hpp>
+#include <engram/kernels/gemm_bf16.hpp>
 #include <engram/kernels/gemv_bf16.hpp>
 #include <engram/kernels/vector_math.hpp>
 #include <engram/layer/config.hpp>
@@ -57,8 +58,11 @@ struct layer_policies {
 
 /// @brief How the layer keeps its stacked projection for `forward` and `decode_step`.
 enum class weight_format {
-    f32, ///< the float weights as loaded (default)
-    bf16 ///< a bf16 copy (round to nearest even), multiplied with float accumulation
+    f32,     ///< the float weights as loaded (default)
+    bf16,    ///< a bf16 copy (round to nearest even), multiplied with float accumulation
+    bf16_dot ///< a bf16 copy, and each memory vector rounded to bf16 too: bf16 x bf16 dot products
+             ///< (AVX512_BF16 `vdpbf16ps` where the CPU has it) accumulated in float. The fastest
+             ///< forward; the rounding of e is exact when the table stores bf16 rows.
 };
 
 /// Row-major float matrix, the layout of PyTorch weights and of `[tokens, width]` activations.
@@ -211,13 +215,19 @@ public:
     /// @brief Chooses the projection weights `forward` and `decode_step` use. `bf16` takes a
     ///        bf16 copy of the current stacked projection (round to nearest even); change the
     ///        weights afterwards and call it again to refresh the copy. `f32` drops the copy.
+    ///        `bf16_dot` packs the bf16 copy for dot products and also rounds each memory vector
+    ///        to bf16; `forward` and `decode_step` then give the same bits for the same token.
     void set_weight_format(weight_format f) {
+        if (f != weight_format::f32 && f != weight_format::bf16 && f != weight_format::bf16_dot)
+            throw config_error("set_weight_format: unknown format " + std::to_string(static_cast<int>(f)));
+        proj_w16_ = {};
+        proj_packed_ = {};
         if (f == weight_format::bf16) {
             std::vector<bfloat16> w(static_cast<std::size_t>(proj_w_.size()));
             for (std::size_t i = 0; i < w.size(); ++i) w[i] = bfloat16::from_float(proj_w_.data()[i]);
             proj_w16_ = std::move(w);
-        } else {
-            proj_w16_ = {};
+        } else if (f == weight_format::bf16_dot) {
+            proj_packed_ = kernels::packed_bf16(proj_w_.data(), proj_rows(), memory_dim());
         }
         format_ = f;
     }
@@ -408,6 +418,7 @@ private:
         std::vector<float> alpha;       ///< [block, M] gates
         std::vector<float> u, y;        ///< [H] gated value, [M*H] conv pre-activation
         std::vector<float> panel;       ///< [panel_rows, D] bf16 weights widened (forward)
+        std::vector<std::uint32_t> e16; ///< [block, D/2] memory vectors as bf16 pairs (bf16_dot)
         std::vector<float> x;           ///< [B*T, M*H] normalised conv input of a forward
         std::vector<float> conv_t;      ///< [Kc, M*H] conv weights, tap-major
         std::vector<float> zeros;       ///< [M*H] the conv input before a sequence starts
@@ -461,15 +472,21 @@ private:
                     std::span<float> out, bool keep) const {
         const std::size_t d_mem = memory_dim(), rows = proj_rows();
         float* p = grow(ws.step_p, rows);
-        if (format_ == weight_format::bf16) {
-            kernels::gemv_bf16(proj_w16_.data(), e, p, rows, d_mem);
-        } else {
-            using row_vector = Eigen::Matrix<float, 1, Eigen::Dynamic>;
-            Eigen::Map<row_vector> pm(p, static_cast<Eigen::Index>(rows));
-            pm.noalias() = Eigen::Map<const row_vector>(e, static_cast<Eigen::Index>(d_mem)) * proj_w_.transpose();
-        }
         const float* bias = proj_b_.data();
-        for (std::size_t c = 0; c < rows; ++c) p[c] += bias[c];
+        if (format_ == weight_format::bf16_dot) {
+            // As the forward: the bias, then the dot products accumulated onto it.
+            std::uint32_t* e16 = grow(ws.e16, proj_packed_.pairs());
+            kernels::to_bf16_pairs(e, d_mem, e16);
+            std::copy_n(bias, rows, p);
+            kernels::gemv_bf16_dot(proj_packed_, e16, p);
+        } else {
+            if (format_ == weight_format::bf16) {
+                kernels::gemv_bf16(proj_w16_.data(), e, p, rows, d_mem);
+            } else {
+                kernels::gemv_f32(proj_w_.data(), e, p, rows, d_mem);
+            }
+            for (std::size_t c = 0; c < rows; ++c) p[c] += bias[c];
+        }
         const auto mh = branch_width();
         float* alpha = grow(ws.alpha, static_cast<std::size_t>(cfg_.branches));
         float* u = grow(ws.u, static_cast<std::size_t>(cfg_.hidden));
@@ -487,7 +504,7 @@ private:
                 const std::size_t back = (kc - 1 - k) * dil;
                 taps[k] = back <= t ? state.row(t - back) : zeros;
             }
-            conv_fuse(taps, kc, conv_t, p, alpha, grow(ws.y, mh), u, out.data(), static_cast<Eigen::Index>(cfg_.hidden),
+            conv_fuse(taps, kc, conv_t, p, alpha, grow(ws.y, mh), out.data(), static_cast<Eigen::Index>(cfg_.hidden),
                       static_cast<std::size_t>(cfg_.hidden), static_cast<std::size_t>(cfg_.branches));
         } else {
             token_math(p, hid, 0, o, keep, nullptr, alpha, u);
@@ -591,20 +608,12 @@ private:
     ///        tap-major weights. Out of line, so that every caller (forward on any thread,
     ///        decode) runs the same instructions and rounds the same way.
     ENGRAM_LAYER_NOINLINE static void conv_fuse(const float* const* taps, std::size_t kc, const float* conv_t,
-                                                const float* v, const float* alpha, float* y, float* u, float* out,
+                                                const float* v, const float* alpha, float* y, float* out,
                                                 Eigen::Index out_stride, std::size_t h, std::size_t branches) noexcept {
         const std::size_t mh = h * branches;
-        for (std::size_t ch = 0; ch < mh; ++ch) y[ch] = 0.0f;
-        for (std::size_t k = 0; k < kc; ++k) {
-            const float* x = taps[k];
-            const float* w = conv_t + k * mh;
-            for (std::size_t ch = 0; ch < mh; ++ch) y[ch] += w[ch] * x[ch];
-        }
-        for (std::size_t m = 0; m < branches; ++m) {
-            const float a = alpha[m];
-            for (std::size_t c = 0; c < h; ++c) u[c] = a * v[c];
-            kernels::add_silu(u, y + m * h, out + static_cast<Eigen::Index>(m) * out_stride, h);
-        }
+        for (std::size_t m = 0; m < branches; ++m)
+            kernels::conv_silu(taps, kc, conv_t, mh, m * h, v, alpha[m], y,
+                               out + static_cast<Eigen::Index>(m) * out_stride, h);
     }
 #undef ENGRAM_LAYER_NOINLINE
 
@@ -638,11 +647,23 @@ private:
     }
 
     /// Columns [r0, r0 + panel_rows) of p [n, (1+M)H] = e [n, D] W^T + b: the bias, then the
-    /// GEMM on the f32 weights or on the panel's bf16 weights widened to float.
-    void project_panel(workspace& ws, const float* e, std::size_t n, float* p, Eigen::Index r0) const {
+    /// GEMM on the f32 weights, on the panel's bf16 weights widened to float, or (bf16_dot) the
+    /// bf16 dot products of the packed weights with `e16`, e rounded to bf16 pairs.
+    void project_panel(workspace& ws, const float* e, const std::uint32_t* e16, std::size_t n, float* p,
+                       Eigen::Index r0) const {
         const auto d_mem = static_cast<Eigen::Index>(memory_dim());
         const auto rows = static_cast<Eigen::Index>(proj_rows());
         const Eigen::Index nr = std::min(panel_rows, rows - r0);
+        if (format_ == weight_format::bf16_dot) {
+            // The kernel starts from the bias. panel_rows is a multiple of the strip height, so
+            // panels own whole strips.
+            static_assert(panel_rows % kernels::packed_bf16::strip == 0);
+            const auto strip = static_cast<Eigen::Index>(kernels::packed_bf16::strip);
+            kernels::gemm_bf16_dot(proj_packed_, static_cast<std::size_t>(r0 / strip),
+                                   static_cast<std::size_t>((r0 + nr + strip - 1) / strip), e16, proj_packed_.pairs(),
+                                   n, p, static_cast<std::size_t>(rows), proj_b_.data());
+            return;
+        }
         for (std::size_t i = 0; i < n; ++i)
             std::copy_n(proj_b_.data() + r0, nr, p + static_cast<Eigen::Index>(i) * rows + r0);
         const float* w = proj_w_.data() + r0 * d_mem;
@@ -714,33 +735,52 @@ private:
             const float* e = memory(ws, first, nb);
             float* p = grow(ws.p, nb * rows);
             float* alpha = grow(ws.alpha, nb * m_count);
+            std::uint32_t* e16 = nullptr;
+            if (format_ == weight_format::bf16_dot) {
+                const std::size_t pairs = proj_packed_.pairs(), d_mem = memory_dim();
+                e16 = grow(ws.e16, nb * pairs);
+                for (std::size_t i = 0; i < nb; ++i) kernels::to_bf16_pairs(e + i * d_mem, d_mem, e16 + i * pairs);
+            }
             on_threads(panels, [&](workspace& tws, std::size_t lo, std::size_t hi) {
                 for (std::size_t pi = lo; pi < hi; ++pi)
-                    project_panel(tws, e, nb, p, static_cast<Eigen::Index>(pi) * panel_rows);
+                    project_panel(tws, e, e16, nb, p, static_cast<Eigen::Index>(pi) * panel_rows);
             });
-            on_threads(nb, [&](workspace& tws, std::size_t lo, std::size_t hi) {
-                float* u = grow(tws.u, h);
-                for (std::size_t i = lo; i < hi; ++i) {
-                    const std::size_t g = first + i;
-                    const bool keep = token_mask.empty() || token_mask[g] != 0;
-                    token_math(p + i * rows, hidden, g * m_count, out, keep,
-                               fusion_type::has_conv ? x + g * mh : nullptr, alpha + i * m_count, u);
+            auto gate = [&](std::size_t i, float* u) {
+                const std::size_t g = first + i;
+                const bool keep = token_mask.empty() || token_mask[g] != 0;
+                token_math(p + i * rows, hidden, g * m_count, out, keep, fusion_type::has_conv ? x + g * mh : nullptr,
+                           alpha + i * m_count, u);
+            };
+            auto convolve = [&](std::size_t i, const float** taps, float* y) {
+                const std::size_t g = first + i, b = g / seq_len, t = g % seq_len;
+                for (std::size_t k = 0; k < kc; ++k) {
+                    const std::size_t back = (kc - 1 - k) * dil;
+                    taps[k] = back <= t ? x + (b * seq_len + t - back) * mh : zeros;
                 }
-            });
-            if constexpr (fusion_type::has_conv) {
+                conv_fuse(taps, kc, conv_t, p + i * rows, alpha + i * m_count, y, out.row(g * m_count), out.stride, h,
+                          m_count);
+            };
+            if (!fusion_type::has_conv || threads_ <= 1) {
+                // One thread: each token's convolution right after its gate, while its rows are
+                // in cache (the taps are earlier tokens', already done). The same operations as
+                // the two passes below, so the same bits.
+                float* u = grow(ws.u, h);
+                float* y = fusion_type::has_conv ? grow(ws.y, mh) : nullptr;
+                const float** taps = grow(ws.taps, kc);
+                for (std::size_t i = 0; i < nb; ++i) {
+                    gate(i, u);
+                    if constexpr (fusion_type::has_conv) convolve(i, taps, y);
+                }
+            } else {
+                // Threads: every gate first (a token's taps may belong to another thread's range).
+                on_threads(nb, [&](workspace& tws, std::size_t lo, std::size_t hi) {
+                    float* u = grow(tws.u, h);
+                    for (std::size_t i = lo; i < hi; ++i) gate(i, u);
+                });
                 on_threads(nb, [&](workspace& tws, std::size_t lo, std::size_t hi) {
                     float* y = grow(tws.y, mh);
-                    float* u = grow(tws.u, h);
                     const float** taps = grow(tws.taps, kc);
-                    for (std::size_t i = lo; i < hi; ++i) {
-                        const std::size_t g = first + i, b = g / seq_len, t = g % seq_len;
-                        for (std::size_t k = 0; k < kc; ++k) {
-                            const std::size_t back = (kc - 1 - k) * dil;
-                            taps[k] = back <= t ? x + (b * seq_len + t - back) * mh : zeros;
-                        }
-                        conv_fuse(taps, kc, conv_t, p + i * rows, alpha + i * m_count, y, u, out.row(g * m_count),
-                                  out.stride, h, m_count);
-                    }
+                    for (std::size_t i = lo; i < hi; ++i) convolve(i, taps, y);
                 });
             }
         }
@@ -806,7 +846,8 @@ private:
     row_matrix conv_w_, conv_norm_;
     std::size_t threads_ = 1;
     weight_format format_ = weight_format::f32;
-    std::vector<bfloat16> proj_w16_; ///< bf16 copy of proj_w_ (weight_format::bf16)
+    std::vector<bfloat16> proj_w16_;   ///< bf16 copy of proj_w_ (weight_format::bf16)
+    kernels::packed_bf16 proj_packed_; ///< bf16 copy of proj_w_ packed for dot products (bf16_dot)
 };
 
 ENGRAM_END_NAMESPACE
