@@ -455,11 +455,38 @@ TEST_CASE("open: missing, truncated, swapped and foreign shards", "[table_file][
         const auto msg = error_of<engram::format_error>([&] { engram::table_file::open(s1); });
         CHECK(contains(msg, "one shard of a table"));
     }
+    SECTION("a shard replaced after open: shard_table refuses it") {
+        const fs::path other_dir = fresh_dir("shards_later");
+        engram::pack_table(src, other_dir / "t.safetensors", "f16", 3);
+        CHECK(tf.shard_table<engram::f16_codec>(1).rows() == tf.manifest().shards[1].rows);
+        fs::copy_file(other_dir / "t.shard1.safetensors", s1, fs::copy_options::overwrite_existing);
+        const auto msg = error_of<engram::format_error>([&] { (void)tf.shard_table<engram::f16_codec>(1); });
+        CHECK(contains(msg, "shard 1"));
+        CHECK(contains(msg, "belongs to another table"));
+        CHECK(tf.shard_table<engram::f16_codec>(2).rows() == tf.manifest().shards[2].rows); // the others still open
+        restore();
+        CHECK(tf.shard_table<engram::f16_codec>(1).rows() == tf.manifest().shards[1].rows);
+    }
     SECTION("a shard table of the wrong codec") {
         CHECK(contains(error_of<engram::config_error>([&] { (void)tf.shard_table<float>(0); }), "f16"));
     }
     // Intact again: opens and verifies.
     CHECK(engram::table_file::open(t).verify().shards == 3);
+}
+
+TEST_CASE("a one-file table replaced after open: shard_table refuses it", "[table_file][errors]") {
+    const auto src = engram::safetensors_file::open(data("forward_small.safetensors"));
+    const fs::path dir = fresh_dir("replaced_single"), other = fresh_dir("replaced_single_other");
+    const fs::path t = dir / "t.safetensors";
+    engram::pack_table(src, t, "bf16", 1);
+    engram::pack_table(src, other / "t.safetensors", "bf16", 1); // the same rows, another table id
+    const auto tf = engram::table_file::open(t);
+    CHECK(tf.shard_table<engram::bfloat16>(0).rows() == tf.rows());
+    fs::rename(other / "t.safetensors", t);
+    const auto msg = error_of<engram::format_error>([&] { (void)tf.shard_table<engram::bfloat16>(0); });
+    CHECK(contains(msg, "t.safetensors"));
+    CHECK(contains(msg, "replaced since it was opened"));
+    CHECK(contains(msg, engram::detail::hex64(tf.manifest().table_id)));
 }
 
 TEST_CASE("interrupted packs leave no file behind", "[table_file][atomic]") {

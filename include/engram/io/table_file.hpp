@@ -1152,13 +1152,21 @@ public:
     }
 
     /// @brief Shard k's rows as a memory-mapped table (`Row`'s codec must be the file's).
+    ///        The shard file is checked again as at `open` (its metadata: table id, index,
+    ///        rows; its tensor's dtype and shape), so a shard replaced since `open` (by another
+    ///        pack, or by hand) is refused here, not read.
     /// @throws config_error for another codec; io_error / format_error if the shard file
     ///         changed since `open`.
     template <class Row>
     [[nodiscard]] mmap_storage::table<Row> shard_table(std::size_t k) const {
         check_index(k);
         check_codec<Row>();
-        auto t = mmap_storage::table<Row>::from_safetensors(shard_path(k), "rows", dim());
+        const std::string where = "table file '" + path_.string() + "'";
+        const bool is_manifest = m_.shards[k].file == path_.filename().string();
+        const safetensors_file file = open_shard(k, where);
+        check_shard(file, k, where, is_manifest);
+        if (is_manifest) check_same_table(file, where);
+        auto t = mmap_storage::table<Row>::from_safetensors(file, "rows", dim());
         if (t.rows() != m_.shards[k].rows)
             throw format_error("table file '" + path_.string() + "': shard " + std::to_string(k) + " now has " +
                                std::to_string(t.rows()) + " rows, the manifest says " +
@@ -1295,6 +1303,19 @@ private:
         } catch (const format_error& e) {
             throw format_error(which + ": " + e.what());
         }
+    }
+
+    /// The manifest file `file` (opened again) still holds this table: its manifest's table id.
+    void check_same_table(const safetensors_file& file, const std::string& where) const {
+        const std::string* text = file.find_metadata(table_manifest::metadata_key);
+        const nlohmann::json j =
+            text == nullptr ? nlohmann::json() : nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+        if (!j.is_object())
+            throw format_error(where + " was replaced since it was opened: it no longer holds a table manifest");
+        const detail::manifest_fields f{j, where};
+        if (f.hex("table_id") != m_.table_id)
+            throw format_error(where + " was replaced since it was opened: it now holds table_id " + f.str("table_id") +
+                               ", it had " + detail::hex64(m_.table_id));
     }
 
     void check_shard(const safetensors_file& file, std::size_t k, const std::string& where, bool is_manifest) const {
