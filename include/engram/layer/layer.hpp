@@ -12,6 +12,7 @@
 #include <engram/hash/layout.hpp>
 #include <engram/hash/multiply_xor.hpp>
 #include <engram/kernels/gemm_bf16.hpp>
+#include <engram/kernels/gemm_f32.hpp>
 #include <engram/kernels/gemv_bf16.hpp>
 #include <engram/kernels/vector_math.hpp>
 #include <engram/layer/config.hpp>
@@ -417,7 +418,7 @@ private:
         std::vector<float> p;           ///< [block, (1+M)H] projections
         std::vector<float> alpha;       ///< [block, M] gates
         std::vector<float> u, y;        ///< [H] gated value, [M*H] conv pre-activation
-        std::vector<float> panel;       ///< [panel_rows, D] bf16 weights widened (forward)
+        std::vector<float> panel;       ///< [panel_rows, D] weights packed in strips (forward, AVX-512) or bf16 widened
         std::vector<std::uint32_t> e16; ///< [block, D/2] memory vectors as bf16 pairs (bf16_dot)
         std::vector<float> x;           ///< [B*T, M*H] normalised conv input of a forward
         std::vector<float> conv_t;      ///< [Kc, M*H] conv weights, tap-major
@@ -646,9 +647,10 @@ private:
 #endif
     }
 
-    /// Columns [r0, r0 + panel_rows) of p [n, (1+M)H] = e [n, D] W^T + b: the bias, then the
-    /// GEMM on the f32 weights, on the panel's bf16 weights widened to float, or (bf16_dot) the
-    /// bf16 dot products of the packed weights with `e16`, e rounded to bf16 pairs.
+    /// Columns [r0, r0 + panel_rows) of p [n, (1+M)H] = e [n, D] W^T + b. bf16_dot: the bf16
+    /// dot products of the packed weights with `e16` (e rounded to bf16 pairs). Otherwise, on
+    /// AVX-512: the panel's f32 (or bf16, widened) weights packed into strips and the f32 GEMM
+    /// kernel; elsewhere Eigen's GEMM after the bias.
     void project_panel(workspace& ws, const float* e, const std::uint32_t* e16, std::size_t n, float* p,
                        Eigen::Index r0) const {
         const auto d_mem = static_cast<Eigen::Index>(memory_dim());
@@ -662,6 +664,21 @@ private:
             kernels::gemm_bf16_dot(proj_packed_, static_cast<std::size_t>(r0 / strip),
                                    static_cast<std::size_t>((r0 + nr + strip - 1) / strip), e16, proj_packed_.pairs(),
                                    n, p, static_cast<std::size_t>(rows), proj_b_.data());
+            return;
+        }
+        if (kernels::gemm_f32_available()) {
+            // AVX-512: the panel packed into strips (bf16 weights widened on the way), then the
+            // GEMM from the bias.
+            float* buf = grow(ws.panel, static_cast<std::size_t>(panel_rows * d_mem));
+            if (format_ == weight_format::bf16)
+                kernels::pack_f32_strips(proj_w16_.data() + r0 * d_mem, static_cast<std::size_t>(d_mem),
+                                         static_cast<std::size_t>(nr), static_cast<std::size_t>(d_mem), buf);
+            else
+                kernels::pack_f32_strips(proj_w_.data() + r0 * d_mem, static_cast<std::size_t>(d_mem),
+                                         static_cast<std::size_t>(nr), static_cast<std::size_t>(d_mem), buf);
+            kernels::gemm_f32_packed(buf, static_cast<std::size_t>(nr), static_cast<std::size_t>(d_mem), e,
+                                     static_cast<std::size_t>(d_mem), n, proj_b_.data() + r0, p + r0,
+                                     static_cast<std::size_t>(rows));
             return;
         }
         for (std::size_t i = 0; i < n; ++i)
