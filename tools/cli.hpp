@@ -59,6 +59,21 @@ struct args {
     }
 };
 
+/// The value of an integer option (`flag` names it in the error): decimal digits only, in
+/// [lo, hi]. @throws usage_error otherwise.
+inline std::size_t parse_count(const std::string& flag, const std::string& text, std::size_t lo, std::size_t hi) {
+    bool digits = !text.empty() && text.size() <= 19;
+    std::size_t v = 0;
+    for (char c : text) {
+        if (c < '0' || c > '9') digits = false;
+        if (digits) v = v * 10 + static_cast<std::size_t>(c - '0');
+    }
+    if (!digits || v < lo || v > hi)
+        throw usage_error(flag + " needs an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                          "], got '" + text + "'");
+    return v;
+}
+
 /// The parsed `config` metadata of a case or checkpoint file.
 inline nlohmann::json read_config(const engram::safetensors_file& file) {
     const std::string* text = file.find_metadata("config");

@@ -62,20 +62,6 @@ struct bench_options {
     bool caller_plan = false; ///< make plans on the compute thread instead of the pool
 };
 
-std::size_t parse_count(const std::string& flag, const std::string& text, std::size_t lo, std::size_t hi) {
-    std::size_t used = 0;
-    unsigned long long v = 0;
-    try {
-        v = std::stoull(text, &used);
-    } catch (const std::exception&) {
-        used = 0;
-    }
-    if (used != text.size() || text.empty() || v < lo || v > hi)
-        throw usage_error(flag + " needs an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                          "], got '" + text + "'");
-    return static_cast<std::size_t>(v);
-}
-
 // ---- inputs -----------------------------------------------------------------------------------
 
 /// Canonical ids drawn from Zipf(1.1) over the vocabulary (a stand-in for text), frequent ids

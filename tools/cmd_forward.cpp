@@ -19,7 +19,7 @@ namespace {
 
 constexpr const char* usage =
     "engram forward CASE.safetensors -o OUT.safetensors [--stream] [--table TABLE.safetensors] "
-    "[--storage dense|mmap|sharded:N|cached:BYTES]";
+    "[--storage dense|mmap|sharded:N|cached:BYTES] [--weights f32|bf16|bf16_dot] [--threads N]";
 
 struct storage_choice {
     enum kind_type { dense, mmap, sharded, cached } kind = dense;
@@ -175,10 +175,18 @@ void check_table_matches(const engram::table_file& tf, const engram::layer<>& la
     }
 }
 
+engram::weight_format parse_weights(const std::string& text) {
+    if (text == "f32") return engram::weight_format::f32;
+    if (text == "bf16") return engram::weight_format::bf16;
+    if (text == "bf16_dot") return engram::weight_format::bf16_dot;
+    throw usage_error("--weights '" + text + "': expected f32, bf16 or bf16_dot");
+}
+
 int cmd_forward(const std::vector<std::string>& argv) {
-    // --table and --storage take values; the shared parser knows only flags, so take them first.
+    // --table, --storage, --weights and --threads take values; the shared parser knows only
+    // flags, so take them first.
     std::vector<std::string> rest;
-    std::optional<std::string> table_path, storage_text;
+    std::optional<std::string> table_path, storage_text, weights_text, threads_text;
     for (std::size_t i = 0; i < argv.size(); ++i) {
         auto value = [&](const std::string& name) {
             if (i + 1 >= argv.size()) throw usage_error(name + " needs a value");
@@ -192,6 +200,14 @@ int cmd_forward(const std::vector<std::string>& argv) {
             storage_text = value("--storage");
         else if (argv[i].rfind("--storage=", 0) == 0)
             storage_text = argv[i].substr(10);
+        else if (argv[i] == "--weights")
+            weights_text = value("--weights");
+        else if (argv[i].rfind("--weights=", 0) == 0)
+            weights_text = argv[i].substr(10);
+        else if (argv[i] == "--threads")
+            threads_text = value("--threads");
+        else if (argv[i].rfind("--threads=", 0) == 0)
+            threads_text = argv[i].substr(10);
         else
             rest.push_back(argv[i]);
     }
@@ -205,14 +221,21 @@ int cmd_forward(const std::vector<std::string>& argv) {
                   << "  --table FILE  take the embedding rows from a table file (engram pack), any codec\n"
                   << "  --storage S   serve the rows from: dense (RAM), mmap (the file, zero-copy; default\n"
                   << "                with --table), sharded:N (N row ranges), cached:BYTES (a hot-row cache,\n"
-                  << "                e.g. cached:16M, in front of the file or the case's rows)\n";
+                  << "                e.g. cached:16M, in front of the file or the case's rows)\n"
+                  << "  --weights W   projection weights: f32 (default), bf16 (a bf16 copy, float products)\n"
+                  << "                or bf16_dot (bf16 weights and memory vectors, bf16 dot products)\n"
+                  << "  --threads N   threads of the forward (default 1; same output for any N)\n";
         return 0;
     }
     a.expect(1, true, usage);
     const storage_choice choice = parse_storage(storage_text.value_or(table_path ? "mmap" : "dense"));
+    const engram::weight_format weights = parse_weights(weights_text.value_or("f32"));
+    const std::size_t threads = threads_text ? parse_count("--threads", *threads_text, 1, 256) : 1;
 
     const auto file = engram::safetensors_file::open(a.positional[0]);
-    const auto layer = engram::load_layer(file);
+    auto layer = engram::load_layer(file);
+    layer.set_weight_format(weights);
+    layer.set_threads(threads);
     const auto& cfg = layer.config();
     const auto ids = read_ids(file, "input_ids", 2);
     const auto& id_shape = file.at("input_ids").shape;
@@ -251,14 +274,15 @@ int cmd_forward(const std::vector<std::string>& argv) {
     writer.set_metadata("config", engram::to_json(cfg).dump());
     writer.write(*a.output);
     std::cout << "ran layer " << cfg.layer_id << " on " << in.batch << " x " << in.seq << " tokens"
-              << (in.stream ? " (streamed)" : "") << ", rows from " << source << " via " << choice.text << "; wrote "
-              << *a.output << '\n';
+              << (in.stream ? " (streamed)" : "") << ", rows from " << source << " via " << choice.text
+              << (weights_text ? ", " + *weights_text + " weights" : std::string()) << "; wrote " << *a.output << '\n';
     return 0;
 }
 
-const registration reg_forward{
-    {"forward", "forward CASE -o OUT [--stream] [--table T] [--storage S]  run the Engram layer of a forward case",
-     &cmd_forward}};
+const registration reg_forward{{"forward",
+                                "forward CASE -o OUT [--stream] [--table T] [--storage S] [--weights W] [--threads N]  "
+                                "run the Engram layer of a forward case",
+                                &cmd_forward}};
 
 } // namespace
 

@@ -313,6 +313,35 @@ TEST_CASE("engram forward reproduces the golden output, whole and streamed", "[c
     }
 }
 
+TEST_CASE("engram forward --weights and --threads: bf16 formats within bf16 rounding, threads the same bits",
+          "[cli][golden][forward]") {
+    const auto golden = engram::safetensors_file::open(data("forward_small.safetensors"));
+    const auto expected = golden.at("output").to_vector<float>();
+    auto forward = [&](const std::string& extra) {
+        const auto out = work_dir() / "forward_weights.safetensors";
+        fs::remove(out);
+        const auto r = run("forward " + data("forward_small.safetensors") + " -o " + q(out) + extra);
+        INFO(r.err);
+        REQUIRE(r.code == 0);
+        return engram::safetensors_file::open(out).at("output").to_vector<float>();
+    };
+    const auto f32 = forward("");
+    CHECK(forward(" --weights f32 --threads 3") == f32);
+    for (const char* w : {"bf16", "bf16_dot"}) {
+        INFO("--weights " << w);
+        const auto one = forward(std::string(" --weights ") + w);
+        const double err = scaled_error(one, expected);
+        CHECK(err <= 5e-2); // bf16 rounding (2^-9 per value) through the gates
+        CHECK(err > 1e-6);  // and the weights did change
+        CHECK(forward(std::string(" --weights=") + w + " --threads=2") == one);
+        const auto streamed = forward(std::string(" --weights ") + w + " --stream");
+        if (std::string(w) == "bf16_dot")
+            CHECK(streamed == one); // the GEMM and the GEMV sum in the same order
+        else
+            CHECK(scaled_error(streamed, one) <= 1e-5);
+    }
+}
+
 TEST_CASE("engram forward: bad input gives one line, a non-zero exit and no output", "[cli][errors][forward]") {
     const auto out = work_dir() / "never_forward.safetensors";
     fs::remove(out);

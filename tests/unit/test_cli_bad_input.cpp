@@ -321,6 +321,12 @@ TEST_CASE("bad input table: engram forward", "[cli][bad_input]") {
         {"zero shards", fwd(data(golden), " --storage sharded:0"), 2, "must be a positive number", out},
         {"--table without a value", "forward " + q(data(golden)) + " -o " + q(out) + " --table", 2,
          "--table needs a value", out},
+        {"an unknown weight format", fwd(data(golden), " --weights fp64"), 2,
+         "--weights 'fp64': expected f32, bf16 or bf16_dot", out},
+        {"zero threads", fwd(data(golden), " --threads 0"), 2, "--threads needs an integer in [1, 256], got '0'", out},
+        {"negative threads", fwd(data(golden), " --threads=-2"), 2, "got '-2'", out},
+        {"--weights without a value", "forward " + q(data(golden)) + " -o " + q(out) + " --weights", 2,
+         "--weights needs a value", out},
     };
     expect_failures(rows);
 }
