@@ -7,6 +7,8 @@
 
 #include <engram/hash/hasher.hpp>
 #include <engram/hash/layout.hpp>
+#include <engram/kernels/gemm_bf16.hpp>
+#include <engram/kernels/gemm_f32.hpp>
 #include <engram/layer.hpp>
 #include <engram/prefetch.hpp>
 #include <engram/storage/dense.hpp>
@@ -724,6 +726,33 @@ int run_lookup(const lookup_options& opt) {
     const auto& w = layer.projection_weight();
     const double bound_ms = 1e3 * best_seconds(fwd_reps, [&](std::size_t) { y.noalias() = x * w.transpose(); });
     g_sink = g_sink + static_cast<std::uint64_t>(y(0, 0) != 0.0f) + static_cast<std::uint64_t>(fwd_out[5] != 0.0f);
+    // Our own GEMM kernels alone on the same shapes (what the forward spends in its projections):
+    // f32 panels packed then multiplied (AVX-512 only), and the bf16 dot products (the weights
+    // packed once, as set_weight_format does; the memory vectors rounded per call).
+    const auto rows_w = static_cast<std::size_t>(w.rows()), cols_w = static_cast<std::size_t>(w.cols());
+    const std::vector<float> zero_bias(rows_w, 0.0f);
+    double kernel_ms = 0;
+    if (engram::kernels::gemm_f32_available()) {
+        std::vector<float> panel(512 * cols_w);
+        kernel_ms = 1e3 * best_seconds(fwd_reps, [&](std::size_t) {
+                        for (std::size_t r0 = 0; r0 < rows_w; r0 += 512) {
+                            const std::size_t nr = std::min<std::size_t>(512, rows_w - r0);
+                            engram::kernels::pack_f32_strips(w.data() + r0 * cols_w, cols_w, nr, cols_w, panel.data());
+                            engram::kernels::gemm_f32_packed(panel.data(), nr, cols_w, x.data(), cols_w, T,
+                                                             zero_bias.data() + r0, y.data() + r0, rows_w);
+                        }
+                    });
+    }
+    const engram::kernels::packed_bf16 w_dot(w.data(), rows_w, cols_w);
+    std::vector<std::uint32_t> x_dot(T * w_dot.pairs());
+    const double kernel_dot_ms =
+        1e3 * best_seconds(fwd_reps, [&](std::size_t) {
+            for (std::size_t i = 0; i < T; ++i)
+                engram::kernels::to_bf16_pairs(x.data() + i * cols_w, cols_w, x_dot.data() + i * w_dot.pairs());
+            engram::kernels::gemm_bf16_dot(w_dot, 0, w_dot.strips(), x_dot.data(), w_dot.pairs(), T, y.data(), rows_w,
+                                           zero_bias.data());
+        });
+    g_sink = g_sink + static_cast<std::uint64_t>(y(1, 1) != 0.0f);
 
     // 4. Decode step against weight bytes / read bandwidth.
     const std::size_t bw_bytes = std::min<std::size_t>(std::size_t{1} << 30, table.size_bytes());
@@ -800,6 +829,9 @@ int run_lookup(const lookup_options& opt) {
          fmt_num(gather16_mtok / probe16_mtok, 2)},
         {"forward B=1 T=" + std::to_string(T), fmt_num(forward_ms, 2) + " ms", "GEMM " + fmt_num(bound_ms, 2) + " ms",
          fmt_num(bound_ms / forward_ms, 2)},
+        {"forward vs our GEMM alone", fmt_num(forward_ms, 2) + " ms",
+         kernel_ms > 0 ? "f32 kernel " + fmt_num(kernel_ms, 2) + " ms" : "n/a (no AVX-512)",
+         kernel_ms > 0 ? fmt_num(kernel_ms / forward_ms, 2) : "-"},
         {"decode step, f32 weights", fmt_num(decode_us, 1) + " us", "bound " + fmt_num(decode_bound_us, 1) + " us",
          fmt_num(decode_bound_us / decode_us, 2)},
         {"forward, 2 threads", fmt_num(forward_ms2, 2) + " ms", "1 thread " + fmt_num(forward_ms, 2) + " ms",
@@ -810,6 +842,8 @@ int run_lookup(const lookup_options& opt) {
          fmt_num(decode_bound_us16 / decode_us16, 2)},
         {"forward, bf16 dot products", fmt_num(forward_ms_dot, 2) + " ms", "GEMM " + fmt_num(bound_ms, 2) + " ms (f32)",
          fmt_num(bound_ms / forward_ms_dot, 2)},
+        {"forward bf16 dot vs its GEMM", fmt_num(forward_ms_dot, 2) + " ms",
+         "bf16 dot kernel " + fmt_num(kernel_dot_ms, 2) + " ms", fmt_num(kernel_dot_ms / forward_ms_dot, 2)},
         {"forward, bf16 dot, 2 threads", fmt_num(forward_ms_dot2, 2) + " ms",
          "1 thread " + fmt_num(forward_ms_dot, 2) + " ms", fmt_num(forward_ms_dot / forward_ms_dot2, 2) + "x"},
         {"decode step, bf16 dot", fmt_num(decode_us_dot, 1) + " us", "bound " + fmt_num(decode_bound_us16, 1) + " us",
@@ -829,7 +863,7 @@ int run_lookup(const lookup_options& opt) {
               << "  probe: the same rows copied by a bare memcpy loop from a table of the same size (" << gb
               << " GB f32)\n"
               << "  GEMM: Eigen [" << T << ", " << D << "] x [" << D << ", " << (1 + M) * H
-              << "], the projections alone\n"
+              << "], the projections alone; f32 kernel / bf16 dot kernel: ours on the same shapes\n"
               << "  decode bound: weight bytes " << fmt_num(weight_bytes / 1e6, 2) << " MB / read bandwidth "
               << fmt_num(bandwidth / 1e9, 2) << " GB/s (sum of " << fmt_num(static_cast<double>(bw_bytes) / 1e9, 2)
               << " GB); bf16: " << fmt_num(weight_bytes16 / 1e6, 2) << " MB (projection in bf16)\n"
@@ -859,6 +893,8 @@ int run_lookup(const lookup_options& opt) {
         kv("gather_tokens_per_batch", static_cast<double>(slice));
         kv("forward_ms_t512", forward_ms);
         kv("forward_bound_ms_t512", bound_ms);
+        kv("gemm_f32_kernel_ms_t512", kernel_ms);
+        kv("gemm_bf16_dot_kernel_ms_t512", kernel_dot_ms);
         kv("decode_us", decode_us);
         kv("decode_bound_us", decode_bound_us);
         kv("forward_ms_t512_2t", forward_ms2);
