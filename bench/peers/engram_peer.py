@@ -442,6 +442,13 @@ def cmd_compare(args):
         print(f"  (PyTorch 2 threads: forward {fwd2['forward_ms_t512']:.1f} ms, decode {dec2['decode_us']:.0f} us)")
     out["forward_over_gemm_bound"] = bound("forward ours/GEMM bound", ours.get("forward_bound_ms_t512"),
                                            ours.get("forward_ms_t512"), 1.15)
+    if ours.get("gemm_f32_kernel_ms_t512"):
+        out["forward_over_own_gemm"] = bound("forward ours/our f32 GEMM kernel alone", ours.get("gemm_f32_kernel_ms_t512"),
+                                             ours.get("forward_ms_t512"), 1.15)
+    if ours.get("gemm_bf16_dot_kernel_ms_t512"):
+        out["forward_bf16_dot_over_own_gemm"] = bound("forward bf16 dot ours/our bf16 dot GEMM alone",
+                                                      ours.get("gemm_bf16_dot_kernel_ms_t512"),
+                                                      ours.get("forward_ms_t512_bf16_dot"), 1.15)
     out["decode_over_bound"] = bound("decode ours/bandwidth bound", ours.get("decode_bound_us"), ours.get("decode_us"),
                                      1.3)
     if ours.get("decode_bound_us_bf16"):
