@@ -4,6 +4,7 @@
 
 #include <engram/concepts.hpp>
 #include <engram/config.hpp>
+#include <engram/detail/mapping.hpp>
 #include <engram/error.hpp>
 #include <engram/storage/codec.hpp>
 #include <engram/storage/direct.hpp>
@@ -16,7 +17,7 @@
 #include <type_traits> // for is_same_v
 #include <utility>     // for swap
 
-#include <sys/mman.h> // for mmap, madvise
+#include <sys/mman.h> // for madvise, PROT_*, MAP_*
 
 ENGRAM_BEGIN_NAMESPACE
 
@@ -52,11 +53,10 @@ struct dense_storage {
                                    " rows are too large");
             bytes_ = bytes;
             const bool huge = bytes >= huge_page;
-            map_bytes_ = huge ? bytes + huge_page : bytes;
-            void* p = ::mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-            if (p == MAP_FAILED) throw io_error("dense table: cannot allocate " + std::to_string(bytes) + " bytes");
-            map_ = p;
-            auto addr = reinterpret_cast<std::uintptr_t>(p);
+            map_ = detail::mapping(huge ? bytes + huge_page : bytes, PROT_READ | PROT_WRITE,
+                                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (map_.empty()) throw io_error("dense table: cannot allocate " + std::to_string(bytes) + " bytes");
+            auto addr = reinterpret_cast<std::uintptr_t>(map_.get());
             if (huge) {
                 addr = (addr + huge_page - 1) & ~(std::uintptr_t{huge_page} - 1);
 #ifdef MADV_HUGEPAGE
@@ -74,9 +74,7 @@ struct dense_storage {
             swap(tmp);
             return *this;
         }
-        ~table() {
-            if (map_ != nullptr) ::munmap(map_, map_bytes_);
-        }
+        ~table() = default;
 
         [[nodiscard]] std::size_t rows() const noexcept { return rows_; }
         [[nodiscard]] std::size_t dim() const noexcept { return dim_; }
@@ -106,34 +104,18 @@ struct dense_storage {
         }
 
         /// Typed access for float and bfloat16 rows: row i, all values, the first value.
-        [[nodiscard]] std::span<value_type> row(std::size_t i) noexcept
-            requires typed
-        {
+        [[nodiscard]] std::span<value_type> row(std::size_t i) noexcept requires typed {
             return {data() + i * dim_, dim_};
         }
-        [[nodiscard]] std::span<const value_type> row(std::size_t i) const noexcept
-            requires typed
-        {
+        [[nodiscard]] std::span<const value_type> row(std::size_t i) const noexcept requires typed {
             return {data() + i * dim_, dim_};
         }
-        [[nodiscard]] std::span<value_type> values() noexcept
-            requires typed
-        {
+        [[nodiscard]] std::span<value_type> values() noexcept requires typed { return {data(), rows_ * dim_}; }
+        [[nodiscard]] std::span<const value_type> values() const noexcept requires typed {
             return {data(), rows_ * dim_};
         }
-        [[nodiscard]] std::span<const value_type> values() const noexcept
-            requires typed
-        {
-            return {data(), rows_ * dim_};
-        }
-        [[nodiscard]] value_type* data() noexcept
-            requires typed
-        {
-            return reinterpret_cast<value_type*>(data_);
-        }
-        [[nodiscard]] const value_type* data() const noexcept
-            requires typed
-        {
+        [[nodiscard]] value_type* data() noexcept requires typed { return reinterpret_cast<value_type*>(data_); }
+        [[nodiscard]] const value_type* data() const noexcept requires typed {
             return reinterpret_cast<const value_type*>(data_);
         }
         /// The raw block (rows x row_bytes).
@@ -150,13 +132,12 @@ struct dense_storage {
             std::swap(dim_, o.dim_);
             std::swap(row_bytes_, o.row_bytes_);
             std::swap(bytes_, o.bytes_);
-            std::swap(map_bytes_, o.map_bytes_);
-            std::swap(map_, o.map_);
+            map_.swap(o.map_);
             std::swap(data_, o.data_);
         }
 
-        std::size_t rows_ = 0, dim_ = 0, row_bytes_ = 0, bytes_ = 0, map_bytes_ = 0;
-        void* map_ = nullptr;
+        std::size_t rows_ = 0, dim_ = 0, row_bytes_ = 0, bytes_ = 0;
+        detail::mapping map_;
         std::byte* data_ = nullptr;
     };
 };

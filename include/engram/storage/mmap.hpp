@@ -4,6 +4,7 @@
 
 #include <engram/concepts.hpp>
 #include <engram/config.hpp>
+#include <engram/detail/mapping.hpp>
 #include <engram/error.hpp>
 #include <engram/io/safetensors.hpp>
 #include <engram/storage/codec.hpp>
@@ -11,7 +12,7 @@
 #include <engram/storage/row_types.hpp>
 
 #include <fcntl.h>    // for open, O_RDONLY, O_CLOEXEC
-#include <sys/mman.h> // for mmap, munmap, madvise
+#include <sys/mman.h> // for madvise, PROT_*, MAP_*
 #include <sys/stat.h> // for fstat, S_ISREG, S_ISDIR
 #include <unistd.h>   // for sysconf, close
 
@@ -75,13 +76,12 @@ struct mmap_storage {
                                    " (needs " + std::to_string(offset) + " + " + std::to_string(bytes_) + " bytes)");
             const auto page = page_size();
             const std::uint64_t map_offset = offset - offset % page;
-            map_bytes_ = static_cast<std::size_t>(end - map_offset);
-            void* p = ::mmap(nullptr, map_bytes_, PROT_READ, MAP_SHARED, fh.fd, static_cast<::off_t>(map_offset));
-            if (p == MAP_FAILED)
-                throw io_error("mmap table: cannot map " + std::to_string(map_bytes_) + " bytes of '" + path.string() +
+            const auto map_bytes = static_cast<std::size_t>(end - map_offset);
+            map_ = detail::mapping(map_bytes, PROT_READ, MAP_SHARED, fh.fd, static_cast<::off_t>(map_offset));
+            if (map_.empty())
+                throw io_error("mmap table: cannot map " + std::to_string(map_bytes) + " bytes of '" + path.string() +
                                "' at offset " + std::to_string(map_offset) + ": " + detail::errno_text(errno));
-            map_ = p;
-            data_ = static_cast<const std::byte*>(p) + (offset - map_offset);
+            data_ = static_cast<const std::byte*>(map_.get()) + (offset - map_offset);
             path_ = path;
             offset_ = offset;
             advise(MADV_RANDOM, 0, rows_);
@@ -101,16 +101,14 @@ struct mmap_storage {
             table t;
             // The whole file is mapped once: the header pages are read here, the row pages only
             // when looked up.
-            void* p = ::mmap(nullptr, static_cast<std::size_t>(fh.size), PROT_READ, MAP_SHARED, fh.fd, 0);
-            if (p == MAP_FAILED)
+            t.map_ = detail::mapping(static_cast<std::size_t>(fh.size), PROT_READ, MAP_SHARED, fh.fd, 0);
+            if (t.map_.empty())
                 throw io_error("mmap table: cannot map '" + path.string() + "' (" + std::to_string(fh.size) +
                                " bytes): " + detail::errno_text(errno));
-            t.map_ = p;
-            t.map_bytes_ = static_cast<std::size_t>(fh.size);
-            const auto* base = static_cast<const std::byte*>(p);
+            const auto* base = static_cast<const std::byte*>(t.map_.get());
             std::map<std::string, std::string> metadata;
             std::vector<tensor_view> tensors;
-            detail::parse_safetensors({base, t.map_bytes_}, where, metadata, tensors);
+            detail::parse_safetensors({base, t.map_.size()}, where, metadata, tensors);
             const tensor_view* view = nullptr;
             for (const auto& v : tensors)
                 if (v.name == tensor) view = &v;
@@ -168,9 +166,7 @@ struct mmap_storage {
             swap(tmp);
             return *this;
         }
-        ~table() {
-            if (map_ != nullptr) ::munmap(map_, map_bytes_);
-        }
+        ~table() = default;
 
         [[nodiscard]] std::size_t rows() const noexcept { return rows_; }
         [[nodiscard]] std::size_t dim() const noexcept { return dim_; }
@@ -275,7 +271,7 @@ struct mmap_storage {
 
         /// madvise on the pages holding rows [first, first + count), clipped to the table.
         void advise(int advice, std::size_t first, std::size_t count) const noexcept {
-            if (map_ == nullptr || first >= rows_) return;
+            if (map_.empty() || first >= rows_) return;
             if (count > rows_ - first) count = rows_ - first;
             const auto page = static_cast<std::uintptr_t>(page_size());
             auto begin = reinterpret_cast<std::uintptr_t>(data_ + first * row_bytes_);
@@ -289,16 +285,15 @@ struct mmap_storage {
             std::swap(dim_, o.dim_);
             std::swap(row_bytes_, o.row_bytes_);
             std::swap(bytes_, o.bytes_);
-            std::swap(map_bytes_, o.map_bytes_);
             std::swap(offset_, o.offset_);
-            std::swap(map_, o.map_);
+            map_.swap(o.map_);
             std::swap(data_, o.data_);
             std::swap(path_, o.path_);
         }
 
-        std::size_t rows_ = 0, dim_ = 0, row_bytes_ = 0, bytes_ = 0, map_bytes_ = 0;
+        std::size_t rows_ = 0, dim_ = 0, row_bytes_ = 0, bytes_ = 0;
         std::uint64_t offset_ = 0;
-        void* map_ = nullptr;
+        detail::mapping map_;
         const std::byte* data_ = nullptr;
         std::filesystem::path path_;
     };
