@@ -857,35 +857,22 @@ private:
             bool normalized, lstrip, rstrip;
         };
         std::vector<added_entry> added;
-        if (const auto it = doc.find("added_tokens"); it != doc.end() && !it->is_null()) {
-            if (!it->is_array())
-                throw format_error(source + ": field added_tokens is " + it->type_name() + ", expected an array");
-            for (std::size_t i = 0; i < it->size(); ++i) {
-                const json& entry = (*it)[i];
-                const std::string where = "added_tokens[" + std::to_string(i) + "]";
-                if (!entry.is_object())
-                    throw format_error(source + ": " + where + " is " + entry.type_name() + ", expected an object");
-                const auto id = entry.find("id");
-                if (id == entry.end()) throw format_error(source + ": missing field " + where + ".id");
-                const std::size_t t = token_index(*id, where + ".id", source);
-                const auto& content = field(entry, "content", json::value_t::string, where + ".content", source);
-                auto flag = [&](const char* key, bool fallback) {
-                    const auto f = entry.find(key);
-                    if (f == entry.end() || f->is_null()) return fallback;
-                    if (!f->is_boolean())
-                        throw format_error(source + ": field " + where + "." + key + " is " + f->type_name() +
-                                           ", expected a boolean");
-                    return f->get<bool>();
-                };
-                const bool special = flag("special", false);
-                if (flag("single_word", false))
-                    throw unsupported_error(source + ": " + where + " (" +
-                                            quote_for_message(content.get_ref<const std::string&>()) +
-                                            ") has single_word: true, which is not supported");
-                added.push_back({t, &content.get_ref<const std::string&>(), flag("normalized", !special),
-                                 flag("lstrip", false), flag("rstrip", false)});
-                size = std::max(size, t + 1);
-            }
+        for (const auto& a : detail::tokenizer_json::added_tokens(doc, source)) {
+            auto flag = [&](const char* key, bool fallback) {
+                const auto f = a.entry->find(key);
+                if (f == a.entry->end() || f->is_null()) return fallback;
+                if (!f->is_boolean())
+                    throw format_error(source + ": field " + a.where + "." + key + " is " + f->type_name() +
+                                       ", expected a boolean");
+                return f->get<bool>();
+            };
+            const bool special = flag("special", false);
+            if (flag("single_word", false))
+                throw unsupported_error(source + ": " + a.where + " (" + quote_for_message(*a.content) +
+                                        ") has single_word: true, which is not supported");
+            added.push_back(
+                {a.id, a.content, flag("normalized", !special), flag("lstrip", false), flag("rstrip", false)});
+            size = std::max(size, a.id + 1);
         }
         if (size == 0) throw format_error(source + ": model.vocab and added_tokens are both empty");
         tokens_.assign(size, std::string());

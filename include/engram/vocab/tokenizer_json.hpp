@@ -357,6 +357,38 @@ inline std::size_t token_index(const json& value, const std::string& where, cons
     return static_cast<std::size_t>(id); // "-0" parses as a signed zero
 }
 
+/// One validated entry of `added_tokens`: its id, its content, the entry itself (for optional
+/// flags) and its name in messages (`added_tokens[i]`).
+struct added_token {
+    std::size_t id;
+    const std::string* content;
+    const json* entry;
+    std::string where;
+};
+
+/// The `added_tokens` of a parsed tokenizer.json, in file order: absent or null means none;
+/// each entry must be an object with an integer `id` and a string `content`.
+inline std::vector<added_token> added_tokens(const json& doc, const std::string& source) {
+    std::vector<added_token> out;
+    const auto it = doc.find("added_tokens");
+    if (it == doc.end() || it->is_null()) return out;
+    if (!it->is_array())
+        throw format_error(source + ": field added_tokens is " + it->type_name() + ", expected an array");
+    out.reserve(it->size());
+    for (std::size_t i = 0; i < it->size(); ++i) {
+        const json& entry = (*it)[i];
+        std::string where = "added_tokens[" + std::to_string(i) + "]";
+        if (!entry.is_object())
+            throw format_error(source + ": " + where + " is " + entry.type_name() + ", expected an object");
+        const auto id = entry.find("id");
+        if (id == entry.end()) throw format_error(source + ": missing field " + where + ".id");
+        const std::size_t t = token_index(*id, where + ".id", source);
+        const auto& content = field(entry, "content", json::value_t::string, where + ".content", source);
+        out.push_back({t, &content.get_ref<const std::string&>(), &entry, std::move(where)});
+    }
+    return out;
+}
+
 /// The canonical table of a parsed tokenizer.json; `source` names the input in messages.
 inline canonical_table build_table(const json& doc, const std::string& source) {
     if (!doc.is_object()) throw format_error(source + ": the top level is " + doc.type_name() + ", expected an object");
@@ -385,37 +417,17 @@ inline canonical_table build_table(const json& doc, const std::string& source) {
 
     const auto& vocab =
         field(model, "vocab", json::value_t::object, "model.vocab", source).get_ref<const json::object_t&>();
-    // added_tokens is optional: absent or null means none.
-    const json::array_t* added = nullptr;
-    if (const auto it = doc.find("added_tokens"); it != doc.end() && !it->is_null()) {
-        if (!it->is_array())
-            throw format_error(source + ": field added_tokens is " + it->type_name() + ", expected an array");
-        added = &it->get_ref<const json::array_t&>();
-    }
-
     // Validate every id and find V, the largest id + 1. The strings are stored as parsed, which
     // nlohmann::json has checked to be well-formed UTF-8.
     std::size_t vocab_size = 0;
-    std::vector<std::pair<std::size_t, const std::string*>> added_ids;
     for (const auto& [token, id] : vocab) {
         const std::size_t t = token_index(id, "model.vocab[" + quote_for_message(token) + "]", source);
         if (t + 1 > vocab_size) vocab_size = t + 1;
     }
-    if (added != nullptr) {
-        added_ids.reserve(added->size());
-        for (std::size_t i = 0; i < added->size(); ++i) {
-            const json& entry = (*added)[i];
-            const std::string where = "added_tokens[" + std::to_string(i) + "]";
-            if (!entry.is_object())
-                throw format_error(source + ": " + where + " is " + entry.type_name() + ", expected an object");
-            const auto id = entry.find("id");
-            if (id == entry.end()) throw format_error(source + ": missing field " + where + ".id");
-            const std::size_t t = token_index(*id, where + ".id", source);
-            const auto& content = field(entry, "content", json::value_t::string, where + ".content", source);
-            added_ids.emplace_back(t, &content.get_ref<const std::string&>());
-            if (t + 1 > vocab_size) vocab_size = t + 1;
-        }
-    }
+    // added_tokens is optional: absent or null means none.
+    const auto added = added_tokens(doc, source);
+    for (const auto& a : added)
+        if (a.id + 1 > vocab_size) vocab_size = a.id + 1;
     if (vocab_size == 0) throw format_error(source + ": model.vocab and added_tokens are both empty");
 
     // The token string of each id. When several vocab entries share an id, the bytewise
@@ -428,9 +440,9 @@ inline canonical_table build_table(const json& doc, const std::string& source) {
         const auto t = static_cast<std::size_t>(id.get<std::int64_t>()); // validated above
         if (token_of[t] == nullptr) token_of[t] = &token;
     }
-    for (const auto& [t, content] : added_ids) {
-        token_of[t] = content;
-        is_added[t] = true;
+    for (const auto& a : added) {
+        token_of[a.id] = a.content;
+        is_added[a.id] = true;
     }
 
     // Keys, and canonical ids in order of first appearance.
