@@ -1,5 +1,5 @@
-// The gather of directly addressable rows (dense, mmap): the generic loop and the AVX-512 bf16
-// loop against a row-by-row decode, on odd widths, odd counts and every output offset inside a
+// The gather of directly addressable rows (dense, mmap): the generic loop and the AVX-512 loops
+// (bf16, f16, FP8, int8) against a row-by-row decode, on odd widths, odd counts and every output offset inside a
 // cache line (guards on both sides: nothing outside the output is written).
 #include "support/catch.hpp"
 
@@ -87,10 +87,11 @@ void check_codec(std::initializer_list<std::size_t> dims) {
                     engram::detail::gather_rows_plain<Codec>(block.data(), Codec::row_bytes(dim), dim, ids, out);
                 });
 #if ENGRAM_DETAIL_GATHER_AVX512
-                if constexpr (std::is_same_v<Codec, engram::bf16_codec>)
+                if constexpr (engram::detail::avx512_decoder<Codec>::exists)
                     if (engram::detail::avx512_available())
                         check_at_offset(expected, offset, [&](float* out) {
-                            engram::detail::gather_rows_bf16_avx512(block.data(), Codec::row_bytes(dim), dim, ids, out);
+                            engram::detail::gather_rows_avx512<Codec>(block.data(), Codec::row_bytes(dim), dim, ids,
+                                                                      out);
                         });
 #endif
             }

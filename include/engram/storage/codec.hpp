@@ -8,8 +8,8 @@
 
 #include <bit>         // for bit_cast
 #include <concepts>    // for same_as, convertible_to
-#include <cstdint>     // for uint16_t, uint32_t
 #include <cstddef>     // for byte, size_t
+#include <cstdint>     // for uint16_t, uint32_t
 #include <cstring>     // for memcpy
 #include <string>      // for to_string
 #include <string_view> // for string_view
@@ -22,7 +22,8 @@ ENGRAM_BEGIN_NAMESPACE
 ///        `check_dim(dim)` throws config_error for widths the codec cannot store (e.g. FP8
 ///        blocks need a multiple of 32). Codecs are stateless tag types.
 template <class C>
-concept row_codec = requires(const std::byte* in, std::byte* out_bytes, const float* values, float* out, std::size_t dim) {
+concept row_codec = requires(const std::byte* in, std::byte* out_bytes, const float* values, float* out,
+                             std::size_t dim) {
     { C::name } -> std::convertible_to<std::string_view>;
     { C::row_bytes(dim) } -> std::same_as<std::size_t>;
     C::check_dim(dim);

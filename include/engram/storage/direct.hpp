@@ -1,25 +1,17 @@
 #pragma once
 // SPDX-License-Identifier: MIT
-// The gather shared by tables whose rows sit in addressable memory (dense, mmap).
+// The gather shared by tables whose rows sit in addressable memory (dense, mmap, sharded).
 
 #include <engram/config.hpp>
 #include <engram/error.hpp>
 #include <engram/storage/codec.hpp>
+#include <engram/storage/decode_avx512.hpp>
 #include <engram/types.hpp>
 
-#include <cstddef>     // for byte, size_t
-#include <cstdint>     // for uint64_t
-#include <span>        // for span
-#include <string>      // for to_string
-#include <type_traits> // for is_same_v
-
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define ENGRAM_DETAIL_GATHER_AVX512 1
-#define ENGRAM_DETAIL_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl")))
-#else
-#define ENGRAM_DETAIL_GATHER_AVX512 0
-#endif
+#include <cstddef> // for byte, size_t
+#include <cstdint> // for uint64_t
+#include <span>    // for span
+#include <string>  // for to_string
 
 ENGRAM_BEGIN_NAMESPACE
 
@@ -47,92 +39,120 @@ ENGRAM_ALWAYS_INLINE void prefetch_row(const std::byte* p, std::size_t bytes) no
     for (std::size_t line = 0; line < bytes; line += 64) __builtin_prefetch(p + line);
 }
 
-/// Prefetches the first min(n, gather_ahead) rows: the main loops prefetch `gather_ahead` rows
-/// ahead of the one they decode, so without this the first rows (all of a small batch) would be
-/// read one after the other (a row's decode is too long for the CPU to reach the next row's
-/// load on its own).
-ENGRAM_ALWAYS_INLINE void prefetch_first_rows(const std::byte* base, std::size_t stride, std::size_t bytes,
-                                              std::span<const row_id> ids) noexcept {
-    const std::size_t n = ids.size() < gather_ahead ? ids.size() : gather_ahead;
-    for (std::size_t i = 0; i < n; ++i) prefetch_row(base + static_cast<std::size_t>(ids[i]) * stride, bytes);
+/// The row loop of every gather of addressable rows: row i (i < n) is at `row_at(i)`, has
+/// `bytes` stored bytes and is decoded by `decode` into `out + i * dim`. Each row's address is
+/// computed once, `gather_ahead` rows before its decode, when its lines are prefetched, and
+/// kept in a ring until then (the first rows are prefetched before the loop: a row's decode is
+/// too long for the CPU to reach the next row's load on its own).
+template <class RowAt, class Decode>
+ENGRAM_ALWAYS_INLINE void gather_rows_loop(RowAt& row_at, std::size_t n, std::size_t bytes, std::size_t dim, float* out,
+                                           Decode decode) noexcept {
+    static_assert((gather_ahead & (gather_ahead - 1)) == 0, "the ring index is a mask");
+    const std::byte* ring[gather_ahead] = {};
+    const std::size_t first = n < gather_ahead ? n : gather_ahead;
+    for (std::size_t i = 0; i < first; ++i) {
+        ring[i] = row_at(i);
+        prefetch_row(ring[i], bytes);
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+        const std::byte* row = ring[i & (gather_ahead - 1)];
+        if (i + gather_ahead < n) {
+            const std::byte* next = row_at(i + gather_ahead);
+            prefetch_row(next, bytes);
+            ring[i & (gather_ahead - 1)] = next;
+        }
+        decode(row, out + i * dim, dim);
+    }
 }
+
+/// The codec's own row decode as a function object.
+template <row_codec Codec>
+struct plain_decode {
+    ENGRAM_ALWAYS_INLINE void operator()(const std::byte* row, float* out, std::size_t dim) const noexcept {
+        Codec::decode(row, out, dim);
+    }
+};
+
+/// gather_rows_loop with the codec's own decode.
+template <row_codec Codec, class RowAt>
+void gather_rows_at_plain(RowAt& row_at, std::size_t n, std::size_t dim, float* out) noexcept {
+    gather_rows_loop(row_at, n, Codec::row_bytes(dim), dim, out, plain_decode<Codec>{});
+}
+
+#if ENGRAM_DETAIL_GATHER_AVX512
+/// The codec's AVX-512 row decode as a function object (see avx512_decoder). Not always_inline:
+/// gather_rows_loop's own body (compiled without the AVX-512 target) cannot take it; it is
+/// inlined once that loop is inlined into gather_rows_at_avx512 (flatten).
+template <row_codec Codec>
+struct avx512_decode {
+    ENGRAM_DETAIL_AVX512_TARGET void operator()(const std::byte* row, float* out, std::size_t dim) const noexcept {
+        avx512_decoder<Codec>::decode(row, out, dim);
+    }
+};
+
+/// gather_rows_loop with the codec's AVX-512 decode inlined (the codec's own decode is compiled
+/// for the baseline x86-64 and, with its aliasing checks per row, is slower than the row reads
+/// it waits for). Only where avx512_available().
+template <row_codec Codec, class RowAt>
+ENGRAM_DETAIL_AVX512_TARGET __attribute__((flatten)) void gather_rows_at_avx512(RowAt& row_at, std::size_t n,
+                                                                                std::size_t dim, float* out) noexcept {
+    gather_rows_loop(row_at, n, Codec::row_bytes(dim), dim, out, avx512_decode<Codec>{});
+}
+#endif
+
+/// Decodes n rows, row i at `row_at(i)`, into `out` (n x dim values): with the codec's AVX-512
+/// decode where it has one and the CPU runs it (checked at run time; the library needs no
+/// -march), else with its own decode; the values are the same bit for bit either way. The
+/// gather of dense, mmap and sharded tables.
+template <row_codec Codec, class RowAt>
+void gather_rows_at(RowAt&& row_at, std::size_t n, std::size_t dim, float* out) noexcept {
+#if ENGRAM_DETAIL_GATHER_AVX512
+    if constexpr (avx512_decoder<Codec>::exists) {
+        if (avx512_available()) {
+            gather_rows_at_avx512<Codec>(row_at, n, dim, out);
+            return;
+        }
+    }
+#endif
+    gather_rows_at_plain<Codec>(row_at, n, dim, out);
+}
+
+/// The address of row `ids[i]` of a table stored contiguously at `base`, `stride` bytes a row.
+struct strided_rows {
+    const std::byte* base;
+    std::size_t stride;
+    std::span<const row_id> ids;
+    ENGRAM_ALWAYS_INLINE const std::byte* operator()(std::size_t i) const noexcept {
+        return base + static_cast<std::size_t>(ids[i]) * stride;
+    }
+};
 
 /// Decodes rows `ids` of a table at `base` (`stride` bytes per row) into `out` with the
 /// codec's own decode. The ids must be valid (see check_gather).
 template <row_codec Codec>
 void gather_rows_plain(const std::byte* base, std::size_t stride, std::size_t dim, std::span<const row_id> ids,
                        float* out) noexcept {
-    const std::size_t bytes = Codec::row_bytes(dim), n = ids.size();
-    prefetch_first_rows(base, stride, bytes, ids);
-    for (std::size_t i = 0; i < n; ++i) {
-        if (i + gather_ahead < n) prefetch_row(base + static_cast<std::size_t>(ids[i + gather_ahead]) * stride, bytes);
-        Codec::decode(base + static_cast<std::size_t>(ids[i]) * stride, out + i * dim, dim);
-    }
+    strided_rows at{base, stride, ids};
+    gather_rows_at_plain<Codec>(at, ids.size(), dim, out);
 }
 
 #if ENGRAM_DETAIL_GATHER_AVX512
-
-/// True when the CPU (and OS) run AVX-512 F, BW and VL, which the bf16 gather below uses.
-inline bool avx512_available() noexcept {
-    static const bool ok = [] {
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl");
-    }();
-    return ok;
+/// gather_rows_plain with the codec's AVX-512 decode (only where avx512_available()).
+template <row_codec Codec>
+void gather_rows_avx512(const std::byte* base, std::size_t stride, std::size_t dim, std::span<const row_id> ids,
+                        float* out) noexcept {
+    strided_rows at{base, stride, ids};
+    gather_rows_at_avx512<Codec>(at, ids.size(), dim, out);
 }
-
-/// The 16 bfloat16 values of `h` widened to float (exact: a 16-bit shift). The masked forms
-/// avoid g++ 12's false -Wmaybe-uninitialized inside the unmasked intrinsics.
-ENGRAM_DETAIL_AVX512_TARGET ENGRAM_ALWAYS_INLINE __m512 bf16x16_to_f32(__m256i h) noexcept {
-    return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, h), 16));
-}
-
-/// gather_rows_plain for bf16 rows on AVX-512: 16 values widened per load and store (the last
-/// partial vector of a row masked). The codec's decode is compiled for the baseline x86-64
-/// (SSE2) and, with its aliasing checks per row, is slower than the row reads it waits for.
-ENGRAM_DETAIL_AVX512_TARGET inline void gather_rows_bf16_avx512(const std::byte* base, std::size_t stride,
-                                                                std::size_t dim, std::span<const row_id> ids,
-                                                                float* out) noexcept {
-    const std::size_t bytes = bf16_codec::row_bytes(dim), n = ids.size();
-    const std::size_t full = dim / 16 * 16;
-    const auto tail = static_cast<__mmask16>((1u << (dim - full)) - 1u);
-    prefetch_first_rows(base, stride, bytes, ids);
-    for (std::size_t i = 0; i < n; ++i) {
-        if (i + gather_ahead < n) prefetch_row(base + static_cast<std::size_t>(ids[i + gather_ahead]) * stride, bytes);
-        const std::byte* row = base + static_cast<std::size_t>(ids[i]) * stride;
-        float* dst = out + i * dim;
-        for (std::size_t k = 0; k < full; k += 16)
-            _mm512_storeu_ps(dst + k,
-                             bf16x16_to_f32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * k))));
-        if (tail != 0)
-            _mm512_mask_storeu_ps(dst + full, tail, bf16x16_to_f32(_mm256_maskz_loadu_epi16(tail, row + 2 * full)));
-    }
-}
-
-#else
-
-inline bool avx512_available() noexcept { return false; }
-
 #endif
 
 /// Decodes rows of a table stored contiguously at `base` (`stride` bytes per row): checks the
-/// ids, then decodes each row, prefetching `gather_ahead` rows ahead; bf16 rows are widened with
-/// AVX-512 when the CPU has it (checked at run time; the library needs no -march). The values
-/// are the same bit for bit either way.
+/// ids, then decodes each row (see gather_rows_at).
 template <row_codec Codec>
 void gather_direct(const std::byte* base, std::size_t stride, std::size_t n_rows, std::size_t dim,
                    std::span<const row_id> ids, std::span<float> out) {
     check_gather(ids, n_rows, dim, out.size());
-#if ENGRAM_DETAIL_GATHER_AVX512
-    if constexpr (std::is_same_v<Codec, bf16_codec>) {
-        if (avx512_available()) {
-            gather_rows_bf16_avx512(base, stride, dim, ids, out.data());
-            return;
-        }
-    }
-#endif
-    gather_rows_plain<Codec>(base, stride, dim, ids, out.data());
+    gather_rows_at<Codec>(strided_rows{base, stride, ids}, ids.size(), dim, out.data());
 }
 
 } // namespace detail

@@ -250,12 +250,17 @@ struct fp8_e4m3_codec {
         }
     }
     static void decode(const std::byte* in, float* out, std::size_t dim) noexcept {
-        // Table lookup times the block scale; exact (products are multiples of 2^-136).
+        // Table lookup times the block scale; exact (products are multiples of 2^-136). A NaN
+        // code stays itself, whatever the scale (the NaN of NaN * NaN would depend on the order
+        // the compiler puts the operands in; the AVX-512 decode keeps the code's NaN too).
         for (std::size_t j = 0; j < dim / block; ++j) {
             const float s = detail::ue8m0_value(static_cast<std::uint8_t>(in[dim + j]));
             const std::byte* q = in + j * block;
             float* o = out + j * block;
-            for (std::size_t i = 0; i < block; ++i) o[i] = detail::e4m3_table[static_cast<std::uint8_t>(q[i])] * s;
+            for (std::size_t i = 0; i < block; ++i) {
+                const float v = detail::e4m3_table[static_cast<std::uint8_t>(q[i])];
+                o[i] = v != v ? v : v * s;
+            }
         }
     }
 };

@@ -34,6 +34,13 @@ concept direct_row_table = requires(const T& t, std::size_t i) {
     { t.encoded_row(i) } -> std::convertible_to<std::span<const std::byte>>;
 };
 
+/// A table whose rows are stored one after the other: row i at `bytes() + i * row_bytes()`.
+template <class T>
+concept strided_row_table = direct_row_table<T> && requires(const T& t) {
+    { t.bytes() } -> std::convertible_to<const std::byte*>;
+    { t.row_bytes() } -> std::convertible_to<std::size_t>;
+};
+
 template <class T>
 concept row_readable = requires(const T& t, std::size_t i, std::span<float> out) {
     t.get_row(i, out);
@@ -185,9 +192,9 @@ public:
     /// The shard holding row `r` (r < rows(); unchecked).
     [[nodiscard]] std::size_t shard_of(std::size_t r) const noexcept {
         const std::size_t n = tables_.size();
-        if (n <= 8) { // a short linear scan beats a binary search's unpredictable branches
+        if (n <= 8) { // a short count beats a binary search: no data-dependent branch at all
             std::size_t k = 0;
-            while (k + 1 < n && r >= bounds_[k + 1]) ++k;
+            for (std::size_t j = 1; j < n; ++j) k += static_cast<std::size_t>(r >= bounds_[j]);
             return k;
         }
         return static_cast<std::size_t>(std::upper_bound(bounds_.begin() + 1, bounds_.end() - 1, r) -
@@ -237,23 +244,35 @@ private:
         return tables_[k].encoded_row(r - bounds_[k]).data();
     }
 
-    /// Direct shards: each row decoded from its shard's memory; the address of the row `ahead`
-    /// positions later is computed (and prefetched) once and kept in a small ring.
+    /// Direct shards: each row decoded from its shard's memory by the dense gather's row loop
+    /// and decode (detail::gather_rows_at: prefetching ahead, AVX-512 where the CPU has it).
     void gather_in_place(std::span<const row_id> ids, std::span<float> out) const {
-        constexpr std::size_t ahead = 8;
-        const std::size_t bytes = codec_type::row_bytes(dim_);
-        const std::size_t n = ids.size();
-        std::array<const std::byte*, ahead> ring{};
-        for (std::size_t i = 0; i < std::min(ahead, n); ++i) ring[i] = row_address(ids[i]);
-        for (std::size_t i = 0; i < n; ++i) {
-            const std::byte* row = ring[i % ahead];
-            if (i + ahead < n) {
-                const std::byte* next = row_address(ids[i + ahead]);
-                for (std::size_t line = 0; line < bytes; line += 64) __builtin_prefetch(next + line);
-                ring[i % ahead] = next;
+        constexpr std::size_t few = 8;
+        if constexpr (detail::strided_row_table<Inner>) {
+            const std::size_t n = tables_.size();
+            if (n <= few) {
+                // Few strided shards: their row blocks and bounds in registers or L1, so that a
+                // row's address is a few compares and one multiply-add.
+                std::array<const std::byte*, few> base{};
+                std::array<std::size_t, few + 1> bound{};
+                for (std::size_t k = 0; k < n; ++k) {
+                    base[k] = tables_[k].bytes();
+                    bound[k] = bounds_[k];
+                }
+                const std::size_t stride = codec_type::row_bytes(dim_);
+                detail::gather_rows_at<codec_type>(
+                    [&base, &bound, ids, n, stride](std::size_t i) {
+                        const auto r = static_cast<std::size_t>(ids[i]);
+                        std::size_t k = 0;
+                        for (std::size_t j = 1; j < n; ++j) k += static_cast<std::size_t>(r >= bound[j]);
+                        return base[k] + (r - bound[k]) * stride;
+                    },
+                    ids.size(), dim_, out.data());
+                return;
             }
-            codec_type::decode(row, out.data() + i * dim_, dim_);
         }
+        detail::gather_rows_at<codec_type>([this, ids](std::size_t i) { return row_address(ids[i]); }, ids.size(), dim_,
+                                           out.data());
     }
 
     /// Other shards: one inner gather per shard touched, then a scatter into request order.
