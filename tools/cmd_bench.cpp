@@ -706,21 +706,21 @@ int run_lookup(const lookup_options& opt) {
     }
     const std::size_t fwd_reps = opt.quick ? 3 : 2 * reps;
     std::size_t fwd_at = 0;
-    const double forward_ms =
-        1e3 * best_seconds(fwd_reps, [&](std::size_t) {
-            if (fwd_at + T > n_tok) fwd_at = 0;
-            layer.forward(std::span<const engram::token_id>(tokens).subspan(fwd_at, T), 1, T, hidden, fwd_out);
-            fwd_at += T;
-        });
+    // Best-of forward time (ms) on `threads` threads, each repetition on the stream's next T tokens.
+    auto time_forward = [&](std::size_t threads) {
+        layer.set_threads(threads);
+        const double ms =
+            1e3 * best_seconds(fwd_reps, [&](std::size_t) {
+                if (fwd_at + T > n_tok) fwd_at = 0;
+                layer.forward(std::span<const engram::token_id>(tokens).subspan(fwd_at, T), 1, T, hidden, fwd_out);
+                fwd_at += T;
+            });
+        layer.set_threads(1);
+        return ms;
+    };
+    const double forward_ms = time_forward(1);
     // The same forward on 2 threads (token tiles split between them; bit-identical output).
-    layer.set_threads(2);
-    const double forward_ms2 =
-        1e3 * best_seconds(fwd_reps, [&](std::size_t) {
-            if (fwd_at + T > n_tok) fwd_at = 0;
-            layer.forward(std::span<const engram::token_id>(tokens).subspan(fwd_at, T), 1, T, hidden, fwd_out);
-            fwd_at += T;
-        });
-    layer.set_threads(1);
+    const double forward_ms2 = time_forward(2);
     engram::row_matrix x = engram::row_matrix::Random(static_cast<Eigen::Index>(T), static_cast<Eigen::Index>(D));
     engram::row_matrix y(static_cast<Eigen::Index>(T), static_cast<Eigen::Index>((1 + M) * H));
     const auto& w = layer.projection_weight();
@@ -767,50 +767,27 @@ int run_lookup(const lookup_options& opt) {
     std::copy_n(hidden.begin(), step_in.size(), step_in.begin());
     const std::size_t block = opt.quick ? 32 : 64;
     std::size_t dec_at = 0;
-    const double decode_us = 1e6 / static_cast<double>(block) * best_seconds(reps + 1, [&](std::size_t) {
-                                 for (std::size_t i = 0; i < block; ++i) {
-                                     layer.decode_step(state, tokens[dec_at], step_in, step_out);
-                                     dec_at = (dec_at + 1) % n_tok;
-                                 }
-                             });
+    // Best-of decode step time (µs), averaged over blocks of `block` steps along the stream.
+    auto time_decode = [&] {
+        return 1e6 / static_cast<double>(block) * best_seconds(reps + 1, [&](std::size_t) {
+                   for (std::size_t i = 0; i < block; ++i) {
+                       layer.decode_step(state, tokens[dec_at], step_in, step_out);
+                       dec_at = (dec_at + 1) % n_tok;
+                   }
+               });
+    };
+    const double decode_us = time_decode();
 
     // 5. bf16 projection weights: decode against bf16 weight bytes / bandwidth, and the forward.
     layer.set_weight_format(engram::weight_format::bf16);
-    const double decode_us16 = 1e6 / static_cast<double>(block) * best_seconds(reps + 1, [&](std::size_t) {
-                                   for (std::size_t i = 0; i < block; ++i) {
-                                       layer.decode_step(state, tokens[dec_at], step_in, step_out);
-                                       dec_at = (dec_at + 1) % n_tok;
-                                   }
-                               });
-    const double forward_ms16 =
-        1e3 * best_seconds(fwd_reps, [&](std::size_t) {
-            if (fwd_at + T > n_tok) fwd_at = 0;
-            layer.forward(std::span<const engram::token_id>(tokens).subspan(fwd_at, T), 1, T, hidden, fwd_out);
-            fwd_at += T;
-        });
+    const double decode_us16 = time_decode();
+    const double forward_ms16 = time_forward(1);
     // 6. bf16 dot products (bf16 weights and memory vectors, float accumulation): decode, forward
     // on 1 and 2 threads.
     layer.set_weight_format(engram::weight_format::bf16_dot);
-    const double decode_us_dot = 1e6 / static_cast<double>(block) * best_seconds(reps + 1, [&](std::size_t) {
-                                     for (std::size_t i = 0; i < block; ++i) {
-                                         layer.decode_step(state, tokens[dec_at], step_in, step_out);
-                                         dec_at = (dec_at + 1) % n_tok;
-                                     }
-                                 });
-    const double forward_ms_dot =
-        1e3 * best_seconds(fwd_reps, [&](std::size_t) {
-            if (fwd_at + T > n_tok) fwd_at = 0;
-            layer.forward(std::span<const engram::token_id>(tokens).subspan(fwd_at, T), 1, T, hidden, fwd_out);
-            fwd_at += T;
-        });
-    layer.set_threads(2);
-    const double forward_ms_dot2 =
-        1e3 * best_seconds(fwd_reps, [&](std::size_t) {
-            if (fwd_at + T > n_tok) fwd_at = 0;
-            layer.forward(std::span<const engram::token_id>(tokens).subspan(fwd_at, T), 1, T, hidden, fwd_out);
-            fwd_at += T;
-        });
-    layer.set_threads(1);
+    const double decode_us_dot = time_decode();
+    const double forward_ms_dot = time_forward(1);
+    const double forward_ms_dot2 = time_forward(2);
     layer.set_weight_format(engram::weight_format::f32);
 
     // Report.

@@ -22,21 +22,28 @@ ENGRAM_BEGIN_NAMESPACE
 
 namespace kernels {
 
-/// @brief Portable bf16 GEMV: each row's dot product in 8 float lanes, then summed.
-inline void gemv_bf16_portable(const bfloat16* w, const float* x, float* y, std::size_t rows,
-                               std::size_t cols) noexcept {
+/// @brief Portable GEMV for float or bf16 weights: each row's dot product in 8 float lanes,
+///        then summed.
+template <class W>
+void gemv_portable(const W* w, const float* x, float* y, std::size_t rows, std::size_t cols) noexcept {
     constexpr std::size_t lanes = 8;
     for (std::size_t r = 0; r < rows; ++r) {
-        const bfloat16* wr = w + r * cols;
+        const W* wr = w + r * cols;
         float acc[lanes] = {};
         std::size_t c = 0;
         for (; c + lanes <= cols; c += lanes)
-            for (std::size_t j = 0; j < lanes; ++j) acc[j] += wr[c + j].to_float() * x[c + j];
-        for (; c < cols; ++c) acc[0] += wr[c].to_float() * x[c];
+            for (std::size_t j = 0; j < lanes; ++j) acc[j] += to_float(wr[c + j]) * x[c + j];
+        for (; c < cols; ++c) acc[0] += to_float(wr[c]) * x[c];
         float s = 0;
         for (float a : acc) s += a;
         y[r] = s;
     }
+}
+
+/// @brief Portable bf16 GEMV (the fallback of `gemv_bf16`).
+inline void gemv_bf16_portable(const bfloat16* w, const float* x, float* y, std::size_t rows,
+                               std::size_t cols) noexcept {
+    gemv_portable(w, x, y, rows, cols);
 }
 
 #if ENGRAM_KERNELS_X86
@@ -205,18 +212,7 @@ inline void gemv_f32(const float* w, const float* x, float* y, std::size_t rows,
         return;
     }
 #endif
-    constexpr std::size_t lanes = 8;
-    for (std::size_t r = 0; r < rows; ++r) {
-        const float* wr = w + r * cols;
-        float acc[lanes] = {};
-        std::size_t c = 0;
-        for (; c + lanes <= cols; c += lanes)
-            for (std::size_t j = 0; j < lanes; ++j) acc[j] += wr[c + j] * x[c + j];
-        for (; c < cols; ++c) acc[0] += wr[c] * x[c];
-        float sum = 0;
-        for (float a : acc) sum += a;
-        y[r] = sum;
-    }
+    gemv_portable(w, x, y, rows, cols);
 }
 
 /// @brief Widens `n` bf16 values to float (the forward's weight panels).

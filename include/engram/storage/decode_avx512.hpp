@@ -11,7 +11,7 @@
 #include <cstddef> // for byte, size_t
 #include <cstdint> // for uint8_t, uint32_t
 
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__) && \
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__) &&   \
     !defined(ENGRAM_DISABLE_X86_SIMD)
 #include <immintrin.h>
 #define ENGRAM_DETAIL_GATHER_AVX512 1
@@ -95,36 +95,37 @@ ENGRAM_DETAIL_AVX512_TARGET ENGRAM_ALWAYS_INLINE __m512 e4m3x16_scaled_large(__m
     return _mm512_mask_mov_ps(_mm512_mul_ps(v, s), _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
 }
 
-/// bf16: 16 values widened per load and store, the row's last partial vector masked.
+/// A row of 16-bit values, 16 widened per load and store by `widen` (__m256i -> __m512), the
+/// row's last partial vector masked.
+template <__m512 (*Widen)(__m256i) noexcept>
+ENGRAM_DETAIL_AVX512_TARGET ENGRAM_ALWAYS_INLINE void decode_16bit_row(const std::byte* row, float* out,
+                                                                       std::size_t dim) noexcept {
+    const std::size_t full = dim / 16 * 16;
+    for (std::size_t k = 0; k < full; k += 16)
+        _mm512_storeu_ps(out + k, Widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * k))));
+    if (full != dim) {
+        const __mmask16 tail = first_lanes(dim - full);
+        _mm512_mask_storeu_ps(out + full, tail, Widen(_mm256_maskz_loadu_epi16(tail, row + 2 * full)));
+    }
+}
+
+/// bf16: widened by a shift.
 template <>
 struct avx512_decoder<bf16_codec> {
     static constexpr bool exists = true;
     ENGRAM_DETAIL_AVX512_TARGET ENGRAM_ALWAYS_INLINE static void decode(const std::byte* row, float* out,
                                                                         std::size_t dim) noexcept {
-        const std::size_t full = dim / 16 * 16;
-        for (std::size_t k = 0; k < full; k += 16)
-            _mm512_storeu_ps(out + k,
-                             bf16x16_to_f32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * k))));
-        if (full != dim) {
-            const __mmask16 tail = first_lanes(dim - full);
-            _mm512_mask_storeu_ps(out + full, tail, bf16x16_to_f32(_mm256_maskz_loadu_epi16(tail, row + 2 * full)));
-        }
+        decode_16bit_row<bf16x16_to_f32>(row, out, dim);
     }
 };
 
-/// f16: like bf16, with f16x16_to_f32.
+/// f16: converted by f16x16_to_f32.
 template <>
 struct avx512_decoder<f16_codec> {
     static constexpr bool exists = true;
     ENGRAM_DETAIL_AVX512_TARGET ENGRAM_ALWAYS_INLINE static void decode(const std::byte* row, float* out,
                                                                         std::size_t dim) noexcept {
-        const std::size_t full = dim / 16 * 16;
-        for (std::size_t k = 0; k < full; k += 16)
-            _mm512_storeu_ps(out + k, f16x16_to_f32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * k))));
-        if (full != dim) {
-            const __mmask16 tail = first_lanes(dim - full);
-            _mm512_mask_storeu_ps(out + full, tail, f16x16_to_f32(_mm256_maskz_loadu_epi16(tail, row + 2 * full)));
-        }
+        decode_16bit_row<f16x16_to_f32>(row, out, dim);
     }
 };
 
