@@ -777,7 +777,7 @@ private:
                 conv_fuse(taps, kc, conv_t, p + i * rows, alpha + i * m_count, y, out.row(g * m_count), out.stride, h,
                           m_count);
             };
-            if (!fusion_type::has_conv || threads_ <= 1) {
+            if (threads_ <= 1) {
                 // One thread: each token's convolution right after its gate, while its rows are
                 // in cache (the taps are earlier tokens', already done). The same operations as
                 // the two passes below, so the same bits.
@@ -794,11 +794,12 @@ private:
                     float* u = grow(tws.u, h);
                     for (std::size_t i = lo; i < hi; ++i) gate(i, u);
                 });
-                on_threads(nb, [&](workspace& tws, std::size_t lo, std::size_t hi) {
-                    float* y = grow(tws.y, mh);
-                    const float** taps = grow(tws.taps, kc);
-                    for (std::size_t i = lo; i < hi; ++i) convolve(i, taps, y);
-                });
+                if constexpr (fusion_type::has_conv)
+                    on_threads(nb, [&](workspace& tws, std::size_t lo, std::size_t hi) {
+                        float* y = grow(tws.y, mh);
+                        const float** taps = grow(tws.taps, kc);
+                        for (std::size_t i = lo; i < hi; ++i) convolve(i, taps, y);
+                    });
             }
         }
         if (state != nullptr) {
