@@ -9,6 +9,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <set>
 #include <string>
 #include <system_error>
 
@@ -83,6 +84,21 @@ inline std::filesystem::path scratch_dir(const std::string& prefix) {
         return d;
     }()};
     return dir.path;
+}
+
+/// An empty directory `name` under `root` (emptied first if it exists).
+inline std::filesystem::path fresh_subdir(const std::filesystem::path& root, const std::string& name) {
+    const auto d = root / name;
+    std::filesystem::remove_all(d);
+    std::filesystem::create_directories(d);
+    return d;
+}
+
+/// The names of the entries of `dir`.
+inline std::set<std::string> files_in(const std::filesystem::path& dir) {
+    std::set<std::string> out;
+    for (const auto& e : std::filesystem::directory_iterator(dir)) out.insert(e.path().filename().string());
+    return out;
 }
 
 } // namespace engram_test

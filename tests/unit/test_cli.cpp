@@ -1,11 +1,10 @@
 // The engram tool as a user runs it: golden outputs, and one clear line plus a non-zero exit
 // (and no output file) for every kind of bad input.
 #include "support/catch.hpp"
+#include "support/cli_run.hpp"
 
 #include <engram/engram.hpp>
 #include <engram/io/safetensors.hpp>
-
-#include <sys/wait.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -20,17 +19,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct result {
-    int code = -1;
-    std::string out, err;
-};
-
-std::string slurp(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
+using result = engram_test::cli_result;
+using engram_test::slurp;
 
 fs::path work_dir() {
     static const fs::path dir = [] {
@@ -41,22 +31,12 @@ fs::path work_dir() {
     return dir;
 }
 
-/// Runs `engram <args>` through the shell, capturing stdout, stderr and the exit code.
-result run(const std::string& args) {
-    const auto out = work_dir() / "stdout.txt", err = work_dir() / "stderr.txt";
-    const std::string cmd =
-        std::string("'") + ENGRAM_CLI + "' " + args + " > '" + out.string() + "' 2> '" + err.string() + "'";
-    const int status = std::system(cmd.c_str());
-    result r;
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = slurp(out);
-    r.err = slurp(err);
-    return r;
-}
+/// Runs `engram <args>`, capturing stdout, stderr and the exit code.
+result run(const std::string& args) { return engram_test::run_cli(args, work_dir()); }
 
 std::string data(const char* name) { return std::string(ENGRAM_TEST_DATA_DIR) + "/" + name; }
 
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+constexpr auto q = &engram_test::quoted;
 
 /// A failed run: non-zero, exactly one line on stderr containing `fragment`, no output file.
 void expect_failure(const result& r, const std::string& fragment, const fs::path& output = {}) {

@@ -4,14 +4,14 @@
 // no temporary file behind.
 #include "support/bad_input.hpp"
 #include "support/catch.hpp"
+#include "support/cli_run.hpp"
 
 #include <engram/io/safetensors.hpp>
 #include <engram/io/table_file.hpp>
 
 #include <nlohmann/json.hpp>
 
-#include <sys/wait.h> // for WIFEXITED, WEXITSTATUS
-#include <unistd.h>   // for getpid
+#include <unistd.h> // for getpid
 
 #include <cmath>
 #include <cstdlib>
@@ -26,33 +26,15 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct result {
-    int code = -1;
-    std::string out, err;
-};
-
-std::string slurp(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
+using result = engram_test::cli_result;
+using engram_test::slurp;
 
 fs::path work_dir() { return engram_test::scratch_dir("engram_cli_bad_input"); }
 
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+constexpr auto q = &engram_test::quoted;
 
-/// Runs `engram <args>` through the shell, capturing stdout, stderr and the exit code.
-result run(const std::string& args) {
-    const auto out = work_dir() / "stdout.txt", err = work_dir() / "stderr.txt";
-    const std::string cmd = std::string("'") + ENGRAM_CLI + "' " + args + " > " + q(out) + " 2> " + q(err);
-    const int status = std::system(cmd.c_str());
-    result r;
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = slurp(out);
-    r.err = slurp(err);
-    return r;
-}
+/// Runs `engram <args>`, capturing stdout, stderr and the exit code.
+result run(const std::string& args) { return engram_test::run_cli(args, work_dir()); }
 
 fs::path data(const char* name) { return fs::path(ENGRAM_TEST_DATA_DIR) / name; }
 

@@ -1,10 +1,9 @@
 // engram forward with rows from table files and storage tiers: every choice gives the golden
 // output (f32 exactly as dense; other codecs within their quantisation error).
 #include "support/catch.hpp"
+#include "support/cli_run.hpp"
 
 #include <engram/io/safetensors.hpp>
-
-#include <sys/wait.h>
 
 #include <algorithm>
 #include <cmath>
@@ -28,20 +27,9 @@ fs::path work_dir() {
     return dir;
 }
 
-struct result {
-    int code = -1;
-    std::string err;
-};
+using result = engram_test::cli_result;
 
-result run(const std::string& args) {
-    const auto err = work_dir() / "stderr.txt";
-    const std::string cmd = std::string("'") + ENGRAM_CLI + "' " + args + " > /dev/null 2> '" + err.string() + "'";
-    const int status = std::system(cmd.c_str());
-    std::ifstream in(err);
-    std::stringstream s;
-    s << in.rdbuf();
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, s.str()};
-}
+result run(const std::string& args) { return engram_test::run_cli(args, work_dir()); }
 
 const std::string golden_case = std::string(ENGRAM_TEST_DATA_DIR) + "/forward_small.safetensors";
 

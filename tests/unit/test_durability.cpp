@@ -33,18 +33,9 @@ namespace {
 
 fs::path work_dir() { return engram_test::scratch_dir("engram_durability"); }
 
-fs::path fresh_dir(const std::string& name) {
-    const fs::path d = work_dir() / name;
-    fs::remove_all(d);
-    fs::create_directories(d);
-    return d;
-}
+fs::path fresh_dir(const std::string& name) { return engram_test::fresh_subdir(work_dir(), name); }
 
-std::set<std::string> files_in(const fs::path& dir) {
-    std::set<std::string> out;
-    for (const auto& e : fs::directory_iterator(dir)) out.insert(e.path().filename().string());
-    return out;
-}
+using engram_test::files_in;
 
 std::string slurp(const fs::path& p) {
     std::ifstream in(p, std::ios::binary);

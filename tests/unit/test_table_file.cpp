@@ -1,6 +1,7 @@
 // Table files: pack a reference case in every codec, 1 and 3 shards; open, compare the rows and
 // the layer's forward pass with the checkpoint's; verify; corruption, truncation, missing and
 // foreign shards, wrong versions; interrupted packs leave nothing behind.
+#include "support/bad_input.hpp"
 #include "support/catch.hpp"
 
 #include <engram/io/table_file.hpp>
@@ -33,25 +34,10 @@ std::string data(const char* name) { return std::string(ENGRAM_TEST_DATA_DIR) + 
 
 /// A fresh, empty directory per call (removed with the whole test directory at exit).
 fs::path fresh_dir(const std::string& name) {
-    struct root_dir {
-        fs::path path = fs::temp_directory_path() / ("engram_table_test_" + std::to_string(::getpid()));
-        ~root_dir() {
-            std::error_code ec;
-            fs::remove_all(path, ec);
-        }
-    };
-    static const root_dir root;
-    const fs::path d = root.path / name;
-    fs::remove_all(d);
-    fs::create_directories(d);
-    return d;
+    return engram_test::fresh_subdir(engram_test::scratch_dir("engram_table_test"), name);
 }
 
-std::set<std::string> files_in(const fs::path& dir) {
-    std::set<std::string> out;
-    for (const auto& e : fs::directory_iterator(dir)) out.insert(e.path().filename().string());
-    return out;
-}
+using engram_test::files_in;
 
 /// Where tensor `name` of a safetensors file starts (bytes from the start of the file).
 std::uint64_t tensor_offset(const fs::path& path, const std::string& name) {
