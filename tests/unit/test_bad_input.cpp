@@ -193,8 +193,8 @@ TEST_CASE("bad input table: tokenizer.json (canonical table and BPE encoder)", "
         {"no model", "{" + decoder + "}", kind::format, "missing field model"},
         {"model is a string", tok("\"BPE\""), kind::format, "field model is string"},
         {"model.type is missing", tok(R"({"vocab": {}})"), kind::format, "missing field model.type"},
-        {"wrong model type", tok(R"({"type": "WordPiece", "vocab": {"a": 0}})"), kind::unsupported,
-         "model.type \"WordPiece\""},
+        {"unknown model type", tok(R"({"type": "Telepathy", "vocab": {"a": 0}})"), kind::unsupported,
+         "model.type \"Telepathy\""},
         {"model.vocab is an array", tok(R"({"type": "BPE", "vocab": ["a"], "merges": []})"), kind::format,
          "field model.vocab is array"},
         {"negative id", tok(bpe(R"({"a": -1})")), kind::format, "model.vocab[\"a\"] = -1 is negative"},
@@ -229,15 +229,29 @@ TEST_CASE("bad input table: tokenizer.json (canonical table and BPE encoder)", "
     }
     // Decoder and merges matter to one loader only.
     const std::vector<bad_input> more = {
-        {"no decoder",
-         [&] { (void)engram::canonical_table_from_tokenizer_json_text(R"({"model": )" + bpe(R"({"a": 0})") + "}"); },
-         kind::unsupported, "no decoder"},
-        {"a Metaspace decoder",
+        {"a decoder engram does not run",
+         [&] {
+             (void)engram::canonical_table_from_tokenizer_json_text(R"({"model": )" + bpe(R"({"a": 0})") +
+                                                                    R"(, "decoder": {"type": "Telepathy"}})");
+         },
+         kind::unsupported, "decoder type \"Telepathy\""},
+        {"a Metaspace decoder without its replacement",
          [&] {
              (void)engram::canonical_table_from_tokenizer_json_text(R"({"model": )" + bpe(R"({"a": 0})") +
                                                                     R"(, "decoder": {"type": "Metaspace"}})");
          },
-         kind::unsupported, "decoder type \"Metaspace\""},
+         kind::format, "missing field decoder.replacement"},
+        {"a Unigram piece that is not a pair",
+         [&] {
+             (void)engram::canonical_table_from_tokenizer_json_text(
+                 R"({"model": {"type": "Unigram", "vocab": [["a", 0], "b"]}, "decoder": null})");
+         },
+         kind::format, "model.vocab[1] is \"b\", expected a [piece, score] pair"},
+        {"a WordPiece model for the encoder",
+         [&] {
+             (void)engram::bpe_encoder::from_tokenizer_json_text(tok(R"({"type": "WordPiece", "vocab": {"a": 0}})"));
+         },
+         kind::unsupported, "model.type \"WordPiece\" is not supported"},
         {"a merge of unknown tokens",
          [&] {
              (void)engram::bpe_encoder::from_tokenizer_json_text(

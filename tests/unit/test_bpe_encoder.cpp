@@ -49,7 +49,8 @@ constexpr const char* qwen_regex =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
 /// A tokenizer.json with the 256 byte tokens (id = byte), "ab" = 256, "bc" = 257, the given
-/// merges, the Qwen pre-tokenizer and added tokens "<|x|>" = 300, "<|x|>y" = 301.
+/// merges, the Qwen pre-tokenizer and added tokens "<|x|>" = 258, "<|x|>y" = 259
+/// (the ids the Hugging Face library gives them: the next ones after the vocabulary).
 json tiny_tokenizer(json merges = json::array({"b c", "a b"})) {
     json vocab = json::object();
     for (int b = 0; b < 256; ++b) vocab[to_byte_level(std::string(1, static_cast<char>(b)))] = b;
@@ -65,8 +66,8 @@ json tiny_tokenizer(json merges = json::array({"b c", "a b"})) {
              {{{"type", "Split"}, {"pattern", {{"Regex", qwen_regex}}}, {"behavior", "Isolated"}, {"invert", false}},
               {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}})}};
     doc["decoder"] = {{"type", "ByteLevel"}};
-    doc["added_tokens"] = json::array({{{"id", 300}, {"content", "<|x|>"}, {"special", true}, {"normalized", false}},
-                                       {{"id", 301}, {"content", "<|x|>y"}, {"special", true}, {"normalized", false}}});
+    doc["added_tokens"] = json::array({{{"id", 258}, {"content", "<|x|>"}, {"special", true}, {"normalized", false}},
+                                       {{"id", 259}, {"content", "<|x|>y"}, {"special", true}, {"normalized", false}}});
     return doc;
 }
 
@@ -162,14 +163,14 @@ TEST_CASE("bpe_encoder: merges apply by rank, not by longest match", "[bpe]") {
 
 TEST_CASE("bpe_encoder: pre-tokenizer pieces, added tokens, vocabulary", "[bpe]") {
     const auto enc = load(tiny_tokenizer());
-    CHECK(enc.vocab_size() == 302);
+    CHECK(enc.vocab_size() == 260);
     CHECK(enc.pre_tokenizer_name() == "Split(Qwen2/Qwen3) + ByteLevel");
     CHECK(enc.id_of("ab") == token_id{256});
-    CHECK(enc.id_of("<|x|>") == token_id{300});
+    CHECK(enc.id_of("<|x|>") == token_id{258});
     CHECK_FALSE(enc.id_of("abc").has_value());
     CHECK(enc.token(257) == "bc");
     CHECK(enc.token(32) == "\xC4\xA0"); // the space byte is U+0120
-    CHECK(enc.is_added(301));
+    CHECK(enc.is_added(259));
     CHECK_FALSE(enc.is_added(256));
 
     SECTION("the Qwen regex: contractions, letter runs with one leading non-letter, single digits, "
@@ -186,9 +187,24 @@ TEST_CASE("bpe_encoder: pre-tokenizer pieces, added tokens, vocabulary", "[bpe]"
         CHECK(enc.encode("ab c") == std::vector<token_id>{256, ' ', 'c'});
     }
     SECTION("added tokens are cut out first, leftmost-longest") {
-        CHECK(enc.encode("q<|x|>yz<|x|>") == std::vector<token_id>{'q', 301, 'z', 300});
+        CHECK(enc.encode("q<|x|>yz<|x|>") == std::vector<token_id>{'q', 259, 'z', 258});
         CHECK(enc.pre_tokenize("ab<|x|>ab") == std::vector<std::string>{"ab", "<|x|>", "ab"});
         CHECK(enc.encode("<|x|") == std::vector<token_id>{'<', '|', 'x', '|'});
+    }
+    SECTION("added tokens get the ids the Hugging Face library gives them, not the file's") {
+        // The library adds them in file order: a known content keeps its id (the model's "ab" is
+        // 256), a new one takes the next id after the vocabulary's 258 entries, an empty one is
+        // ignored (checked with tokenizers 0.22: decode([258]) == "<|z|>").
+        json doc = tiny_tokenizer();
+        doc["added_tokens"] = json::array({{{"id", 900}, {"content", "<|z|>"}, {"special", true}},
+                                           {{"id", 7}, {"content", "ab"}, {"special", true}},
+                                           {{"id", 5}, {"content", ""}, {"special", true}},
+                                           {{"id", 3}, {"content", "<|z|>"}, {"special", true}}});
+        const auto odd = load(doc);
+        CHECK(odd.vocab_size() == 259);
+        CHECK(odd.id_of("<|z|>") == token_id{258});
+        CHECK(odd.is_added(256));
+        CHECK(odd.encode("x<|z|>ab") == std::vector<token_id>{'x', 258, 256});
     }
     SECTION("decode inverts encode") {
         for (const std::string text : {"abc abc", "q<|x|>yz", "\xF0\x9F\x98\x80 x\n\n", "tab\there"}) {
@@ -200,7 +216,7 @@ TEST_CASE("bpe_encoder: pre-tokenizer pieces, added tokens, vocabulary", "[bpe]"
     SECTION("invalid UTF-8 is refused") {
         CHECK(contains(thrown_message<engram::input_error>([&] { (void)enc.encode("ok\xFF"); }), "byte offset 2"));
         CHECK(contains(thrown_message<engram::input_error>([&] { (void)enc.encode("\xC3"); }), "UTF-8"));
-        CHECK(contains(thrown_message<engram::input_error>([&] { (void)enc.token(302); }), "302"));
+        CHECK(contains(thrown_message<engram::input_error>([&] { (void)enc.token(260); }), "260"));
     }
 }
 

