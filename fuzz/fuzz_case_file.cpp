@@ -7,6 +7,7 @@
 
 #include <engram/io/vocab_io.hpp>
 #include <engram/layer/checkpoint.hpp>
+#include <engram/layer/dispatch.hpp>
 
 #include <cstdint>
 #include <vector>
@@ -35,9 +36,11 @@ void hash_case(const engram::safetensors_file& file) {
     }
 }
 
-/// What `engram forward` does with a case file (rows from the case, dense, whole and streamed).
+/// What `engram forward` does with a case file (rows from the case, dense, whole and streamed),
+/// for a layer of the file's orders.
+template <class Layer>
 void forward_case(const engram::safetensors_file& file) {
-    const auto layer = engram::load_layer(file);
+    const auto layer = engram::load_layer<typename Layer::policies_type>(file);
     const auto& cfg = layer.config();
     const auto ids = engram_cli::read_ids(file, "input_ids", 2);
     const auto& id_shape = file.at("input_ids").shape;
@@ -64,7 +67,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     engram_fuzz::run_one([&] {
         const auto file = engram::safetensors_file::from_bytes(engram_fuzz::bytes_of(data, size));
         engram_fuzz::run_one([&] { hash_case(file); });
-        engram_fuzz::run_one([&] { forward_case(file); });
+        engram_fuzz::run_one([&] {
+            engram::dispatch_layer(engram::load_layer_config(file).hash,
+                                   [&]<class L>(std::type_identity<L>) { forward_case<L>(file); });
+        });
     });
     return 0;
 }

@@ -62,6 +62,7 @@ struct bench_options {
     std::size_t reps = 0;  ///< 0: 6 (3 with --quick)
     std::string dir;
     bool caller_plan = false; ///< make plans on the compute thread instead of the pool
+    int max_ngram = 3;        ///< orders 2..N of the layer shape
 };
 
 // ---- inputs -----------------------------------------------------------------------------------
@@ -180,6 +181,7 @@ struct batch_result {
     [[nodiscard]] double penalty() const { return 1.0 - step_compute_us / step_prefetch_us; }
 };
 
+template <class Hasher>
 class prefetch_bench {
 public:
     prefetch_bench(bench_options opt, const engram::layer_layout& layout)
@@ -433,7 +435,7 @@ private:
     }
 
     bench_options opt_;
-    engram::ngram_hasher<> hasher_;
+    Hasher hasher_;
     std::size_t heads_;
     engram::dense_storage::table<float> ram_;
     busy_compute compute_;
@@ -453,6 +455,7 @@ std::string lformat(const char* f, A... a) {
 
 struct lookup_options {
     bool quick = false;
+    int max_ngram = 3;    ///< orders 2..N of the layer
     std::size_t reps = 0; ///< 0: 5 (3 with --quick)
     std::string json;
     std::string tokens;
@@ -596,19 +599,27 @@ void write_atomically(const std::string& path, const std::string& text) {
     }
 }
 
-int run_lookup(const lookup_options& opt) {
+/// The reference default hashing shape with orders 2..N (5 x 129,280 rows per order; 1/8 quick).
+engram::hash_config bench_hash_config(int max_ngram, bool quick) {
+    engram::hash_config cfg;
+    cfg.max_ngram = max_ngram;
+    cfg.table_size_per_ngram.assign(static_cast<std::size_t>(max_ngram - 1), quick ? 80800 : 646400);
+    return cfg;
+}
+
+template <class Layer>
+int run_lookup(const lookup_options& opt, const engram::layer_config& cfg) {
     Eigen::setNbThreads(1);
     const std::size_t reps = opt.reps ? opt.reps : (opt.quick ? 3 : 5);
-    engram::layer_config cfg;
-    if (opt.quick) cfg.hash.table_size_per_ngram = {80800, 80800}; // 1/8 of the default rows
-    engram::layer<> layer(cfg, engram::canonical_table::identity(static_cast<std::size_t>(bench_vocab)));
+    Layer layer(cfg, engram::canonical_table::identity(static_cast<std::size_t>(bench_vocab)));
     const auto& table = layer.table();
     const std::size_t heads = layer.num_heads(), dim = table.dim(), rows = table.rows();
     const std::size_t H = static_cast<std::size_t>(cfg.hidden), M = static_cast<std::size_t>(cfg.branches);
     const std::size_t D = layer.memory_dim(), Kc = static_cast<std::size_t>(cfg.kernel_size);
     std::cout << "engram bench" << (opt.quick ? " --quick" : "") << ": layer " << rows << " rows x " << dim << " f32 ("
-              << fmt_num(static_cast<double>(table.size_bytes()) / 1e9, 2) << " GB), " << heads << " heads, D = " << D
-              << ", H = " << H << ", M = " << M << ", Kc = " << Kc << "; single thread, best of " << reps << "\n";
+              << fmt_num(static_cast<double>(table.size_bytes()) / 1e9, 2) << " GB), orders 2.." << cfg.hash.max_ngram
+              << ", " << heads << " heads, D = " << D << ", H = " << H << ", M = " << M << ", Kc = " << Kc
+              << "; single thread, best of " << reps << "\n";
     {
         progress_ticker p("building the layer (randomize: rows, projections, norms, conv)");
         layer.randomize(1);
@@ -884,6 +895,7 @@ int run_lookup(const lookup_options& opt) {
         kv("decode_us_bf16_dot", decode_us_dot);
         kv("read_bandwidth_gb_s", bandwidth / 1e9);
         kv("weight_bytes", weight_bytes);
+        kv("max_ngram", static_cast<double>(cfg.hash.max_ngram));
         kv("table_rows", static_cast<double>(rows));
         kv("table_gb_f32", static_cast<double>(table.size_bytes()) / 1e9);
         kv("reps", static_cast<double>(reps));
@@ -899,7 +911,7 @@ int run_lookup(const lookup_options& opt) {
 int cmd_bench_prefetch(const std::vector<std::string>& argv) {
     constexpr const char* usage =
         "engram bench prefetch [--quick] [--compute-us N] [--batch N ...] [--threads N] [--steps N] [--reps N] "
-        "[--dir DIR] [--caller-plan]";
+        "[--dir DIR] [--caller-plan] [--max-ngram N]";
     bench_options opt;
     bool help = false;
     std::vector<std::string> positional;
@@ -925,6 +937,9 @@ int cmd_bench_prefetch(const std::vector<std::string>& argv) {
             opt.reps = parse_count(s, value(), 1, 1000);
         } else if (s == "--caller-plan") {
             opt.caller_plan = true;
+        } else if (s == "--max-ngram") {
+            opt.max_ngram =
+                static_cast<int>(parse_count(s, value(), 2, static_cast<std::size_t>(engram::max_dispatched_ngram)));
         } else if (s == "--dir") {
             opt.dir = value();
         } else if (s.size() > 1 && s[0] == '-') {
@@ -944,7 +959,8 @@ int cmd_bench_prefetch(const std::vector<std::string>& argv) {
                   << "the next step's rows are prefetched. Prints a table and 'prefetch penalty: X%' for the default\n"
                   << "batch (64 tokens, or the first --batch given). --threads: I/O threads (default 16).\n"
                   << "The pipelined steps hand row ids to the pool, which makes the plan and the memory vectors;\n"
-                  << "--caller-plan makes the plan on the compute thread instead.\n";
+                  << "--caller-plan makes the plan on the compute thread instead. --max-ngram N: orders 2..N\n"
+                  << "(default 3), each with the default 5 x 129,280 rows.\n";
         return 0;
     }
     if (positional.size() != 1 || positional[0] != "prefetch") throw usage_error(std::string("usage: ") + usage);
@@ -956,15 +972,17 @@ int cmd_bench_prefetch(const std::vector<std::string>& argv) {
         const char* tmp = std::getenv("TMPDIR");
         opt.dir = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
     }
-    engram::hash_config cfg;
-    if (opt.quick) cfg.table_size_per_ngram = {80800, 80800}; // 1/8 of the default rows
+    const engram::hash_config cfg = bench_hash_config(opt.max_ngram, opt.quick);
     const auto layout = engram::make_layout(cfg, 1, bench_vocab, 2);
-    prefetch_bench bench(opt, layout);
-    return bench.run();
+    return engram::dispatch_orders(layout.orders, [&]<class Orders>(Orders) {
+        prefetch_bench<engram::ngram_hasher<engram::multiply_xor_family, Orders>> bench(opt, layout);
+        return bench.run();
+    });
 }
 
 int cmd_bench_lookup(const std::vector<std::string>& argv) {
-    constexpr const char* usage = "engram bench [lookup] [--quick] [--json FILE] [--tokens FILE] [--reps N]";
+    constexpr const char* usage =
+        "engram bench [lookup] [--quick] [--json FILE] [--tokens FILE] [--reps N] [--max-ngram N]";
     lookup_options opt;
     for (std::size_t i = 0; i < argv.size(); ++i) {
         const std::string& s = argv[i];
@@ -984,7 +1002,8 @@ int cmd_bench_lookup(const std::vector<std::string>& argv) {
                 << "bytes / read bandwidth, the forward and decode again with bf16 projection weights and with\n"
                 << "bf16 dot products (weight_format::bf16_dot; its forward on 2 threads too), and\n"
                 << "the forward, hashing and gather on 2 threads. Prints a table; --json FILE writes the\n"
-                << "numbers (atomically).\n";
+                << "numbers (atomically). --max-ngram N: orders 2..N (default 3; N up to "
+                << engram::max_dispatched_ngram << "), each order with the default rows.\n";
             return 0;
         } else if (s == "--quick") {
             opt.quick = true;
@@ -996,20 +1015,25 @@ int cmd_bench_lookup(const std::vector<std::string>& argv) {
             if (opt.tokens.empty()) throw usage_error("--tokens needs a file name");
         } else if (s == "--reps") {
             opt.reps = parse_count(s, value(), 1, 1000);
+        } else if (s == "--max-ngram") {
+            opt.max_ngram =
+                static_cast<int>(parse_count(s, value(), 2, static_cast<std::size_t>(engram::max_dispatched_ngram)));
         } else if (s.size() > 1 && s[0] == '-') {
             throw usage_error("unknown option '" + s + "' (usage: " + usage + ")");
         } else {
             throw usage_error("unexpected argument '" + s + "' (usage: " + usage + ")");
         }
     }
-    return run_lookup(opt);
+    engram::layer_config cfg;
+    cfg.hash = bench_hash_config(opt.max_ngram, opt.quick);
+    return engram::dispatch_layer(cfg.hash, [&]<class L>(std::type_identity<L>) { return run_lookup<L>(opt, cfg); });
 }
 
 /// `engram bench` / `engram bench lookup`: the main job; `engram bench prefetch`: the prefetch bench.
 int cmd_bench(const std::vector<std::string>& argv) {
     // The subcommand: the first argument that is not an option or an option's value.
-    static const char* const with_value[] = {"--compute-us", "--batch", "--threads", "--steps",
-                                             "--reps",       "--dir",   "--json",    "--tokens"};
+    static const char* const with_value[] = {"--compute-us", "--batch", "--threads", "--steps",    "--reps",
+                                             "--dir",        "--json",  "--tokens",  "--max-ngram"};
     for (std::size_t i = 0; i < argv.size(); ++i) {
         const std::string& s = argv[i];
         if (std::find(std::begin(with_value), std::end(with_value), s) != std::end(with_value)) {

@@ -4,6 +4,7 @@
 
 #include <engram/io/table_file.hpp>
 #include <engram/layer/checkpoint.hpp>
+#include <engram/layer/dispatch.hpp>
 #include <engram/storage/cached.hpp>
 #include <engram/storage/mmap.hpp>
 #include <engram/storage/sharded.hpp>
@@ -102,8 +103,9 @@ auto dense_copy(const Table& src, std::size_t first, std::size_t last) {
     return out;
 }
 
+template <class Layer>
 struct run_inputs {
-    const engram::layer<>& layer;
+    const Layer& layer;
     const std::vector<std::int64_t>& ids;
     const std::vector<float>& hidden;
     std::vector<float>& out;
@@ -111,8 +113,8 @@ struct run_inputs {
     bool stream;
 };
 
-template <class Table>
-void run_layer(const run_inputs& in, const Table& table) {
+template <class Layer, class Table>
+void run_layer(const run_inputs<Layer>& in, const Table& table) {
     if (!in.stream) {
         in.layer.forward(table, in.ids, in.batch, in.seq, in.hidden, in.out);
         return;
@@ -130,8 +132,8 @@ void run_layer(const run_inputs& in, const Table& table) {
 }
 
 /// Runs with rows from `src` put behind the chosen storage tier.
-template <class Source>
-void run_tier(const run_inputs& in, const Source& src, const storage_choice& choice, bool src_is_mapped) {
+template <class Layer, class Source>
+void run_tier(const run_inputs<Layer>& in, const Source& src, const storage_choice& choice, bool src_is_mapped) {
     switch (choice.kind) {
     case storage_choice::mmap:
         if (!src_is_mapped)
@@ -159,7 +161,8 @@ void run_tier(const run_inputs& in, const Source& src, const storage_choice& cho
 }
 
 /// The table file must have been packed for this layer: same layout and vocabulary.
-void check_table_matches(const engram::table_file& tf, const engram::layer<>& layer) {
+template <class Layer>
+void check_table_matches(const engram::table_file& tf, const Layer& layer) {
     const auto& mine = layer.layout();
     if (tf.rows() != static_cast<std::size_t>(mine.total_rows) || tf.dim() != static_cast<std::size_t>(mine.head_dim))
         throw engram::config_error("table file has " + std::to_string(tf.rows()) + " x " + std::to_string(tf.dim()) +
@@ -173,6 +176,49 @@ void check_table_matches(const engram::table_file& tf, const engram::layer<>& la
         if (!(*tf.vocab() == layer.vocab()))
             throw engram::config_error("table file's canonical vocabulary differs from the case's 'lookup'");
     }
+}
+
+/// Runs a loaded layer on the case's ids and hidden states, with the rows from the case, a table
+/// file or a storage tier, and writes `output`.
+template <class Layer>
+void run_case(const Layer& layer, const engram::safetensors_file& file, const std::string& case_path,
+              const std::string& output, const std::optional<std::string>& table_path, const storage_choice& choice,
+              const std::string& weights_note, bool stream) {
+    const auto& cfg = layer.config();
+    const auto ids = read_ids(file, "input_ids", 2);
+    const auto& id_shape = file.at("input_ids").shape;
+    const std::vector<std::int64_t> hidden_shape = {id_shape[0], id_shape[1], cfg.branches, cfg.hidden};
+    const auto hidden = engram::detail::checkpoint_floats(file, "hidden_states", hidden_shape);
+    std::vector<float> out(hidden.size());
+    const run_inputs<Layer> in{
+        layer, ids, hidden, out, static_cast<std::size_t>(id_shape[0]), static_cast<std::size_t>(id_shape[1]), stream};
+
+    std::string source = "the case";
+    if (table_path) {
+        const auto tf = engram::table_file::open(*table_path);
+        check_table_matches(tf, layer);
+        tf.visit_rows([&](const auto& rows) { run_tier(in, rows, choice, true); });
+        source = *table_path + " (" + tf.codec() + ")";
+    } else if (choice.kind == storage_choice::dense) {
+        run_layer(in, layer.table());
+    } else if (choice.kind == storage_choice::mmap &&
+               file.at("multi_head_embedding.embedding.weight").type != engram::dtype::f32) {
+        throw engram::unsupported_error("--storage mmap needs 'multi_head_embedding.embedding.weight' stored as F32");
+    } else if (choice.kind == storage_choice::mmap) {
+        const auto mapped =
+            engram::mmap_storage::table<float>::from_safetensors(case_path, "multi_head_embedding.embedding.weight");
+        run_tier(in, mapped, choice, true);
+    } else {
+        run_tier(in, layer.table(), choice, false);
+    }
+
+    engram::safetensors_writer writer;
+    writer.add("output", hidden_shape, out);
+    writer.set_metadata("config", engram::to_json(cfg).dump());
+    writer.write(output);
+    std::cout << "ran layer " << cfg.layer_id << " (orders 2.." << cfg.hash.max_ngram << ") on " << in.batch << " x "
+              << in.seq << " tokens" << (in.stream ? " (streamed)" : "") << ", rows from " << source << " via "
+              << choice.text << weights_note << "; wrote " << output << '\n';
 }
 
 engram::weight_format parse_weights(const std::string& text) {
@@ -233,49 +279,14 @@ int cmd_forward(const std::vector<std::string>& argv) {
     const std::size_t threads = threads_text ? parse_count("--threads", *threads_text, 1, 256) : 1;
 
     const auto file = engram::safetensors_file::open(a.positional[0]);
-    auto layer = engram::load_layer(file);
-    layer.set_weight_format(weights);
-    layer.set_threads(threads);
-    const auto& cfg = layer.config();
-    const auto ids = read_ids(file, "input_ids", 2);
-    const auto& id_shape = file.at("input_ids").shape;
-    const std::vector<std::int64_t> hidden_shape = {id_shape[0], id_shape[1], cfg.branches, cfg.hidden};
-    const auto hidden = engram::detail::checkpoint_floats(file, "hidden_states", hidden_shape);
-    std::vector<float> out(hidden.size());
-    const run_inputs in{layer,
-                        ids,
-                        hidden,
-                        out,
-                        static_cast<std::size_t>(id_shape[0]),
-                        static_cast<std::size_t>(id_shape[1]),
-                        a.has("--stream")};
-
-    std::string source = "the case";
-    if (table_path) {
-        const auto tf = engram::table_file::open(*table_path);
-        check_table_matches(tf, layer);
-        tf.visit_rows([&](const auto& rows) { run_tier(in, rows, choice, true); });
-        source = *table_path + " (" + tf.codec() + ")";
-    } else if (choice.kind == storage_choice::dense) {
-        run_layer(in, layer.table());
-    } else if (choice.kind == storage_choice::mmap &&
-               file.at("multi_head_embedding.embedding.weight").type != engram::dtype::f32) {
-        throw engram::unsupported_error("--storage mmap needs 'multi_head_embedding.embedding.weight' stored as F32");
-    } else if (choice.kind == storage_choice::mmap) {
-        const auto mapped = engram::mmap_storage::table<float>::from_safetensors(
-            a.positional[0], "multi_head_embedding.embedding.weight");
-        run_tier(in, mapped, choice, true);
-    } else {
-        run_tier(in, layer.table(), choice, false);
-    }
-
-    engram::safetensors_writer writer;
-    writer.add("output", hidden_shape, out);
-    writer.set_metadata("config", engram::to_json(cfg).dump());
-    writer.write(*a.output);
-    std::cout << "ran layer " << cfg.layer_id << " on " << in.batch << " x " << in.seq << " tokens"
-              << (in.stream ? " (streamed)" : "") << ", rows from " << source << " via " << choice.text
-              << (weights_text ? ", " + *weights_text + " weights" : std::string()) << "; wrote " << *a.output << '\n';
+    // The layer type for the file's orders (2..N); everything below is compiled for each.
+    engram::dispatch_layer(engram::load_layer_config(file).hash, [&]<class L>(std::type_identity<L>) {
+        auto layer = engram::load_layer<typename L::policies_type>(file);
+        layer.set_weight_format(weights);
+        layer.set_threads(threads);
+        run_case(layer, file, a.positional[0], *a.output, table_path, choice,
+                 weights_text ? ", " + *weights_text + " weights" : std::string(), a.has("--stream"));
+    });
     return 0;
 }
 
@@ -283,7 +294,6 @@ const registration reg_forward{{"forward",
                                 "forward CASE -o OUT [--stream] [--table T] [--storage S] [--weights W] [--threads N]  "
                                 "run the Engram layer of a forward case",
                                 &cmd_forward}};
-
 } // namespace
 
 } // namespace engram_cli

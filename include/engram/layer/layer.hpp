@@ -441,6 +441,26 @@ private:
         return ws;
     }
 
+    /// @brief Where `run` takes a block's memory vectors from: a reference to a callable
+    ///        `const float*(workspace&, first token, count)`, called once per block. Passing it
+    ///        by reference, not as a template parameter, compiles `run` once per layer type
+    ///        instead of once per storage type and codec.
+    class memory_source {
+    public:
+        template <class F>
+        memory_source(const F& f) noexcept // NOLINT(google-explicit-constructor): a view, like span
+            : object_(&f), call_([](const void* o, workspace& ws, std::size_t first, std::size_t n) {
+                  return static_cast<const float*>((*static_cast<const F*>(o))(ws, first, n));
+              }) {}
+        const float* operator()(workspace& ws, std::size_t first, std::size_t n) const {
+            return call_(object_, ws, first, n);
+        }
+
+    private:
+        const void* object_;
+        const float* (*call_)(const void*, workspace&, std::size_t, std::size_t);
+    };
+
     template <class V>
     static V* grow(std::vector<V>& v, std::size_t n) {
         if (v.size() < n) v.resize(n);
@@ -727,8 +747,7 @@ private:
     ///        `threads_ > 1`, each of the three phases splits its panels or tokens between
     ///        threads; every value is computed by the same code on the same operands as with one
     ///        thread, so the output is bit-identical.
-    template <class Memory>
-    void run(const Memory& memory, std::size_t batch, std::size_t seq_len, strided<const float> hidden,
+    void run(memory_source memory, std::size_t batch, std::size_t seq_len, strided<const float> hidden,
              strided<float> out, std::span<const std::uint8_t> token_mask, decode_state* state,
              std::span<const token_id> raw) const {
         workspace& ws = local_workspace();
