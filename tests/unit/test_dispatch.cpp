@@ -3,6 +3,7 @@
 // dispatch_layer (layer/dispatch.hpp), the one place every command and loader uses.
 
 #include "support/catch.hpp"
+#include "support/thrown.hpp"
 
 #include <engram/layer.hpp>
 
@@ -12,19 +13,8 @@
 
 namespace {
 
-template <class Error, class F>
-std::string thrown_message(F&& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "<nothing thrown>";
-}
-
-bool contains(const std::string& haystack, const std::string& needle) {
-    return haystack.find(needle) != std::string::npos;
-}
+using engram_test::contains;
+using engram_test::thrown_message;
 
 struct paper_gate_policies : engram::layer_policies {
     using gate_type = engram::sigmoid_gate;

@@ -5,6 +5,7 @@
 // library panics, and the errors on bad decoder configurations.
 
 #include "support/catch.hpp"
+#include "support/thrown.hpp"
 
 #include <engram/vocab/decoder.hpp>
 
@@ -19,6 +20,9 @@
 
 namespace {
 
+using engram_test::contains;
+using engram_test::thrown_message;
+
 using engram::tokenizer::decoder;
 using json = nlohmann::json;
 namespace fs = std::filesystem;
@@ -32,20 +36,6 @@ json read_json(const fs::path& file) {
 decoder make(const std::string& spec) { return decoder::from_json(json::parse(spec)); }
 
 std::string decode(const decoder& d, std::vector<std::string> tokens) { return d.decode(tokens); }
-
-template <class Error, class F>
-std::string thrown_message(F&& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "<nothing thrown>";
-}
-
-bool contains(const std::string& haystack, std::string_view needle) {
-    return haystack.find(needle) != std::string::npos;
-}
 
 } // namespace
 

@@ -3,6 +3,7 @@
 // and real (Qwen3, DeepSeek-V3) tokenizers of spec section 1, and the errors on bad input.
 
 #include "support/catch.hpp"
+#include "support/thrown.hpp"
 
 #include <engram/vocab/tokenizer_json.hpp>
 
@@ -19,6 +20,9 @@
 #include <vector>
 
 namespace {
+
+using engram_test::contains;
+using engram_test::thrown_message;
 
 using engram::token_id;
 using engram::tokenizer::canonical_key;
@@ -44,21 +48,6 @@ std::string to_byte_level(std::string_view bytes) {
         }
     }
     return out;
-}
-
-/// The message of the `Error` that `f` throws, or "<nothing thrown>"; other exceptions escape.
-template <class Error, class F>
-std::string thrown_message(F&& f) {
-    try {
-        f();
-    } catch (const Error& e) {
-        return e.what();
-    }
-    return "<nothing thrown>";
-}
-
-bool contains(const std::string& haystack, std::string_view needle) {
-    return haystack.find(needle) != std::string::npos;
 }
 
 /// A minimal byte-level BPE tokenizer.json around the given JSON fragments.
