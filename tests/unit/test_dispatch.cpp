@@ -6,6 +6,7 @@
 #include "support/thrown.hpp"
 
 #include <engram/layer.hpp>
+#include <engram/prefetch.hpp>
 
 #include <string>
 #include <type_traits>
@@ -74,6 +75,28 @@ TEST_CASE("dispatch_layer builds the layer type of a config, other policies kept
                 layer.decode_step(state, ids[t], std::span<const float>(hidden).subspan(t * 8, 8),
                                   std::span<float>(step).subspan(t * 8, 8));
             for (std::size_t i = 0; i < out.size(); ++i) CHECK(step[i] == Approx(out[i]).margin(1e-6));
+
+            // Prefetch: a whole-sequence plan, then decode plans step by step, as a server runs them.
+            engram::io_pool pool(2);
+            engram::prefetcher pf(layer.table(), pool);
+            const auto plan = engram::make_plan(layer, ids, 1, ids.size());
+            auto ticket = pf.prefetch(plan);
+            std::vector<float> fetched(out.size());
+            engram::forward(layer, ticket, plan, hidden, fetched);
+            CHECK(fetched == out);
+            std::vector<typename L::decode_state> states{layer.new_decode_state()};
+            for (std::size_t t = 0; t < ids.size(); ++t) {
+                const engram::token_id next = ids[t];
+                const auto step_plan =
+                    engram::make_decode_plan(layer, std::span<const typename L::decode_state>(states),
+                                             std::span<const engram::token_id>(&next, 1));
+                auto step_ticket = pf.prefetch(step_plan);
+                engram::decode_forward(layer, step_ticket, step_plan, std::span<typename L::decode_state>(states),
+                                       std::span<const engram::token_id>(&next, 1),
+                                       std::span<const float>(hidden).subspan(t * 8, 8),
+                                       std::span<float>(fetched).subspan(t * 8, 8));
+            }
+            CHECK(fetched == step);
         });
     }
 }
