@@ -98,6 +98,22 @@ inline std::vector<std::int64_t> read_ids(const engram::safetensors_file& file, 
     }
 }
 
+/// The optional `token_mask` (U8 or BOOL [B, T], 0 = dead) of a DeepSeek-V4.1 case; empty when absent.
+inline std::vector<std::uint8_t> read_token_mask(const engram::safetensors_file& file,
+                                                 const std::vector<std::int64_t>& id_shape) {
+    const engram::tensor_view* t = file.find("token_mask");
+    if (t == nullptr) return {};
+    if (t->type != engram::dtype::u8 && t->type != engram::dtype::boolean)
+        throw engram::format_error(file.path().string() + ": tensor 'token_mask' has dtype " +
+                                   std::string(engram::dtype_name(t->type)) + ", expected U8");
+    if (t->shape != id_shape)
+        throw engram::format_error(file.path().string() + ": tensor 'token_mask' has shape " +
+                                   engram::detail::shape_string(t->shape) + ", expected " +
+                                   engram::detail::shape_string(id_shape) + " (that of 'input_ids')");
+    const auto* p = reinterpret_cast<const std::uint8_t*>(t->bytes.data());
+    return {p, p + t->bytes.size()};
+}
+
 /// One subcommand. Each tools/cmd_*.cpp registers its commands with a static
 /// `engram_cli::registration`, so adding a command touches no shared file.
 struct command {

@@ -5,6 +5,7 @@
 #include <engram/io/table_file.hpp>
 #include <engram/layer/checkpoint.hpp>
 #include <engram/layer/dispatch.hpp>
+#include <engram/model/hf_checkpoint.hpp>
 #include <engram/storage/cached.hpp>
 #include <engram/storage/mmap.hpp>
 #include <engram/storage/sharded.hpp>
@@ -20,7 +21,8 @@ namespace {
 
 constexpr const char* usage =
     "engram forward CASE.safetensors -o OUT.safetensors [--stream] [--table TABLE.safetensors] "
-    "[--storage dense|mmap|sharded:N|cached:BYTES] [--weights f32|bf16|bf16_dot] [--threads N]";
+    "[--storage dense|mmap|sharded:N|cached:BYTES] [--weights f32|bf16|bf16_dot] [--threads N] "
+    "[--checkpoint DIR --layer L [--token-map FILE]]";
 
 struct storage_choice {
     enum kind_type { dense, mmap, sharded, cached } kind = dense;
@@ -111,12 +113,13 @@ struct run_inputs {
     std::vector<float>& out;
     std::size_t batch, seq;
     bool stream;
+    std::span<const std::uint8_t> mask = {}; ///< DeepSeek-V4.1's token mask (0 = dead), or empty
 };
 
 template <class Layer, class Table>
 void run_layer(const run_inputs<Layer>& in, const Table& table) {
     if (!in.stream) {
-        in.layer.forward(table, in.ids, in.batch, in.seq, in.hidden, in.out);
+        in.layer.forward(table, in.ids, in.batch, in.seq, in.hidden, in.out, in.mask);
         return;
     }
     const auto& cfg = in.layer.config();
@@ -126,7 +129,7 @@ void run_layer(const run_inputs<Layer>& in, const Table& table) {
         for (std::size_t t = 0; t < in.seq; ++t) {
             const std::size_t i = b * in.seq + t;
             in.layer.decode_step(table, state, in.ids[i], std::span<const float>(in.hidden).subspan(i * mh, mh),
-                                 std::span<float>(in.out).subspan(i * mh, mh));
+                                 std::span<float>(in.out).subspan(i * mh, mh), in.mask.empty() || in.mask[i] != 0);
         }
     }
 }
@@ -221,6 +224,99 @@ void run_case(const Layer& layer, const engram::safetensors_file& file, const st
               << choice.text << weights_note << "; wrote " << output << '\n';
 }
 
+/// What `engram forward` was asked for, besides the case.
+struct forward_options {
+    std::optional<std::string> table_path;
+    storage_choice choice;
+    std::optional<engram::weight_format> weights;
+    std::string weights_note;
+    std::size_t threads = 1;
+    bool stream = false;
+    std::optional<std::string> checkpoint, token_map;
+    std::optional<std::int64_t> layer;
+};
+
+/// DeepSeek-V4.1: the case's `input_ids`, `hidden_states` (BF16 [B, T, hc, dim]) and optional
+/// `token_mask` through the case's own layer or a checkpoint directory's; writes `output`
+/// (BF16). Rows are served in place (--storage mmap, the default), from row-range slices
+/// (sharded:N) or behind a cache (cached:BYTES), or from a table file (--table).
+void run_v41(const std::shared_ptr<const engram::safetensors_file>& file, const std::string& output,
+             const forward_options& o) {
+    namespace v41 = engram::deepseek_v41;
+    v41::config cfg;
+    engram::canonical_table vocab;
+    v41::tensor_set case_tensors;
+    std::optional<v41::checkpoint> ck;
+    std::int64_t layer_id = 0;
+    if (o.checkpoint) {
+        ck = v41::checkpoint::open(*o.checkpoint, {o.token_map ? std::optional<std::filesystem::path>(*o.token_map)
+                                                             : std::nullopt});
+        cfg = ck->cfg();
+        vocab = ck->vocab();
+        if (!o.layer) throw usage_error("--checkpoint needs --layer L (one of " + v41::config::list_text(cfg.layer_ids) + ")");
+        layer_id = *o.layer;
+    } else {
+        cfg = v41::config::from_json(read_config(*file));
+        vocab = o.token_map ? engram::load_canonical_table(*o.token_map) : engram::load_canonical_table(*file);
+        case_tensors.add_all(file);
+        if (!o.layer && !cfg.layer_id)
+            throw engram::format_error(file->path().string() + ": the config has no 'layer_id' (give --layer L)");
+        layer_id = o.layer ? *o.layer : *cfg.layer_id;
+    }
+    const v41::tensor_set& tensors = ck ? ck->tensors() : case_tensors;
+    const auto ids = read_ids(*file, "input_ids", 2);
+    const auto& id_shape = file->at("input_ids").shape;
+    const std::vector<std::int64_t> hidden_shape = {id_shape[0], id_shape[1], cfg.hc, cfg.hidden};
+    const engram::tensor_view& h = file->at("hidden_states");
+    if (h.type != engram::dtype::bf16 || h.shape != hidden_shape)
+        throw engram::format_error(file->path().string() + ": tensor 'hidden_states' is " +
+                                   std::string(engram::dtype_name(h.type)) + " " + engram::detail::shape_string(h.shape) +
+                                   ", expected BF16 " + engram::detail::shape_string(hidden_shape));
+    const auto mask = read_token_mask(*file, id_shape);
+    const std::vector<float> hidden = h.to_vector<float>();
+    std::vector<float> out(hidden.size());
+    std::string source = "the " + std::string(ck ? "checkpoint" : "case") + "'s FP8 tensors in place";
+    v41::dispatch(cfg, [&]<class L>(std::type_identity<L>) {
+        auto layer =
+            v41::load_layer<L>(cfg, layer_id, vocab, tensors, o.weights.value_or(engram::weight_format::bf16_dot));
+        layer.set_threads(o.threads);
+        const run_inputs<L> in{layer,
+                               ids,
+                               hidden,
+                               out,
+                               static_cast<std::size_t>(id_shape[0]),
+                               static_cast<std::size_t>(id_shape[1]),
+                               o.stream,
+                               mask};
+        const auto& table = layer.table();
+        if (o.table_path) {
+            const auto tf = engram::table_file::open(*o.table_path);
+            check_table_matches(tf, layer);
+            tf.visit_rows([&](const auto& rows) { run_tier(in, rows, o.choice, true); });
+            source = *o.table_path + " (" + tf.codec() + ")";
+        } else if (o.choice.kind == storage_choice::sharded) {
+            const auto bounds = engram::shard_bounds_by_rows(table.rows(), std::min(o.choice.shards, table.rows()));
+            run_layer(in, engram::make_sharded_table(std::span<const std::size_t>(bounds),
+                                                     [&](std::size_t first, std::size_t n) { return table.slice(first, n); }));
+        } else if (o.choice.kind == storage_choice::cached) {
+            run_tier(in, table, o.choice, true);
+        } else {
+            run_layer(in, table); // dense and mmap: the tensors in place
+        }
+    });
+    std::vector<std::uint16_t> bits(out.size());
+    for (std::size_t i = 0; i < out.size(); ++i) bits[i] = engram::bfloat16::from_float(out[i]).bits;
+    engram::safetensors_writer writer;
+    writer.add_bf16("output", hidden_shape, bits);
+    writer.set_metadata("format", "deepseek_v41_engram_output");
+    writer.set_metadata("layer_id", std::to_string(layer_id));
+    writer.write(output);
+    std::cout << "ran DeepSeek-V4.1 Engram layer " << layer_id << " (orders 2.." << cfg.max_ngram << ") on "
+              << id_shape[0] << " x " << id_shape[1] << " tokens" << (o.stream ? " (streamed)" : "")
+              << (mask.empty() ? "" : ", token mask") << ", rows from " << source << " via " << o.choice.text
+              << o.weights_note << "; wrote " << output << '\n';
+}
+
 engram::weight_format parse_weights(const std::string& text) {
     if (text == "f32") return engram::weight_format::f32;
     if (text == "bf16") return engram::weight_format::bf16;
@@ -232,7 +328,7 @@ int cmd_forward(const std::vector<std::string>& argv) {
     // --table, --storage, --weights and --threads take values; the shared parser knows only
     // flags, so take them first.
     std::vector<std::string> rest;
-    std::optional<std::string> table_path, storage_text, weights_text, threads_text;
+    std::optional<std::string> table_path, storage_text, weights_text, threads_text, checkpoint, layer_text, token_map;
     for (std::size_t i = 0; i < argv.size(); ++i) {
         auto value = [&](const std::string& name) {
             if (i + 1 >= argv.size()) throw usage_error(name + " needs a value");
@@ -250,6 +346,12 @@ int cmd_forward(const std::vector<std::string>& argv) {
             weights_text = value("--weights");
         else if (argv[i].rfind("--weights=", 0) == 0)
             weights_text = argv[i].substr(10);
+        else if (argv[i] == "--checkpoint")
+            checkpoint = value("--checkpoint");
+        else if (argv[i] == "--layer")
+            layer_text = value("--layer");
+        else if (argv[i] == "--token-map")
+            token_map = value("--token-map");
         else if (argv[i] == "--threads")
             threads_text = value("--threads");
         else if (argv[i].rfind("--threads=", 0) == 0)
@@ -270,7 +372,13 @@ int cmd_forward(const std::vector<std::string>& argv) {
                   << "                e.g. cached:16M, in front of the file or the case's rows)\n"
                   << "  --weights W   projection weights: f32 (default), bf16 (a bf16 copy, float products)\n"
                   << "                or bf16_dot (bf16 weights and memory vectors, bf16 dot products)\n"
-                  << "  --threads N   threads of the forward (default 1; same output for any N)\n";
+                  << "  --threads N   threads of the forward (default 1; same output for any N)\n"
+                  << "DeepSeek-V4.1 case files (spec deepseek-v41.md section 6: FP8 tensors, BF16 hidden states\n"
+                  << "[B, T, hc, dim], an optional token_mask) run the V4.1 layer and write BF16 'output'; rows\n"
+                  << "are read in place (--storage mmap, sharded:N or cached:BYTES; --weights default bf16_dot).\n"
+                  << "  --checkpoint DIR  run the case's inputs through Engram layer --layer L of a Hugging Face\n"
+                  << "                checkpoint directory (config.json, index, shards, tokenizer.json)\n"
+                  << "  --token-map FILE  a precomputed token map ('lookup') instead of tokenizer.json\n";
         return 0;
     }
     a.expect(1, true, usage);
@@ -278,7 +386,25 @@ int cmd_forward(const std::vector<std::string>& argv) {
     const engram::weight_format weights = parse_weights(weights_text.value_or("f32"));
     const std::size_t threads = threads_text ? parse_count("--threads", *threads_text, 1, 256) : 1;
 
-    const auto file = engram::safetensors_file::open(a.positional[0]);
+    auto shared = std::make_shared<const engram::safetensors_file>(engram::safetensors_file::open(a.positional[0]));
+    const auto& file = *shared;
+    if (engram::deepseek_v41::is_case_file(file) || checkpoint ||
+        (file.find_metadata("config") && engram::deepseek_v41::is_config(read_config(file)))) {
+        forward_options o;
+        o.table_path = table_path;
+        o.choice = parse_storage(storage_text.value_or("mmap"));
+        if (weights_text) o.weights = weights;
+        o.weights_note = weights_text ? ", " + *weights_text + " weights" : std::string();
+        o.threads = threads;
+        o.stream = a.has("--stream");
+        o.checkpoint = checkpoint;
+        o.token_map = token_map;
+        if (layer_text) o.layer = static_cast<std::int64_t>(parse_count("--layer", *layer_text, 0, 1u << 20));
+        run_v41(shared, *a.output, o);
+        return 0;
+    }
+    if (layer_text || token_map)
+        throw usage_error("--layer and --token-map are for DeepSeek-V4.1 cases and checkpoints");
     // The layer type for the file's orders (2..N); everything below is compiled for each.
     engram::dispatch_layer(engram::load_layer_config(file).hash, [&]<class L>(std::type_identity<L>) {
         auto layer = engram::load_layer<typename L::policies_type>(file);

@@ -2,12 +2,49 @@
 #include "cli.hpp"
 
 #include <engram/io/vocab_io.hpp>
+#include <engram/model/deepseek_v41.hpp>
 
 #include <iostream>
 
 namespace engram_cli {
 
 namespace {
+
+/// DeepSeek-V4.1 (spec deepseek-v41.md section 4): one prime start for all orders, the token
+/// mask's dead positions blocking the hash; row ids of every Engram layer of the config.
+int hash_v41(const engram::safetensors_file& file, const nlohmann::json& config_json, const std::string& output) {
+    namespace v41 = engram::deepseek_v41;
+    const auto cfg = v41::config::from_json(config_json);
+    const auto vocab = engram::load_canonical_table(file);
+    cfg.check_vocab(vocab, "the case's 'lookup'");
+    const auto raw = read_ids(file, "input_ids", 2);
+    const auto& shape = file.at("input_ids").shape;
+    const auto batch = static_cast<std::size_t>(shape[0]);
+    const auto seq = static_cast<std::size_t>(shape[1]);
+    const auto mask = read_token_mask(file, shape);
+    const auto live = mask.empty() ? std::vector<std::uint8_t>(raw.size(), 1) : mask;
+    const auto layouts = cfg.layouts(vocab);
+    engram::safetensors_writer writer;
+    for (const auto& layout : layouts) {
+        std::vector<engram::row_id> ids(raw.size() * layout.num_heads());
+        engram::dispatch_orders(layout.orders, [&]<class Orders>(Orders) {
+            engram::ngram_hasher<engram::multiply_xor_family, Orders>(layout).rows_tokens(
+                vocab, raw, batch, seq, ids, std::span<const std::uint8_t>(live));
+        });
+        const std::string suffix = ".layer" + std::to_string(layout.layer_id);
+        writer.add("hash_ids" + suffix, {shape[0], shape[1], static_cast<std::int64_t>(layout.num_heads())}, ids);
+        writer.add("multipliers" + suffix, {static_cast<std::int64_t>(layout.multipliers.size())}, layout.multipliers);
+        writer.add("primes" + suffix,
+                   {static_cast<std::int64_t>(layout.orders.size()), static_cast<std::int64_t>(layout.heads_per_order)},
+                   layout.primes);
+    }
+    writer.set_metadata("config", config_json.dump());
+    writer.set_metadata("format", "deepseek_v41_engram_hash");
+    writer.write(output);
+    std::cout << "hashed " << batch << " x " << seq << " tokens (DeepSeek-V4.1, " << (mask.empty() ? "no" : "with a")
+              << " token mask) for " << layouts.size() << " layer(s); wrote " << output << '\n';
+    return 0;
+}
 
 int cmd_hash(const std::vector<std::string>& argv) {
     constexpr const char* usage = "engram hash CASE.safetensors -o OUT.safetensors";
@@ -16,12 +53,17 @@ int cmd_hash(const std::vector<std::string>& argv) {
         std::cout << "usage: " << usage << "\n\n"
                   << "Reads 'config' (metadata), 'lookup' (I64 [V]) and 'input_ids' (I64 [B, T]) and writes, for\n"
                   << "every layer L in config.layer_ids: hash_ids.layer{L} (I64 [B, T, heads]),\n"
-                  << "multipliers.layer{L} (I64 [N]) and primes.layer{L} (I64 [orders, K]).\n";
+                  << "multipliers.layer{L} (I64 [N]) and primes.layer{L} (I64 [orders, K]).\n"
+                  << "DeepSeek-V4.1 case files (config with engram_layer_ids, either dialect) are hashed as\n"
+                  << "V4.1 does: one prime start for all orders, 'token_mask' (U8 [B, T], 0 = dead) blocking\n"
+                  << "the hash; hash_ids.layer{L} are then row ids of layer L's table (offsets added).\n";
         return 0;
     }
     a.expect(1, true, usage);
     const auto file = engram::safetensors_file::open(a.positional[0]);
     const auto config_json = read_config(file);
+    if (engram::deepseek_v41::is_case_file(file) || engram::deepseek_v41::is_config(config_json))
+        return hash_v41(file, config_json, *a.output);
     const auto cfg = engram::hash_config_from_json(config_json);
     const auto vocab = engram::load_canonical_table(file);
     const auto raw = read_ids(file, "input_ids", 2);

@@ -1,9 +1,13 @@
 // engram inspect: a readable summary of a case, table or checkpoint file.
 #include "cli.hpp"
 
+#include <engram/model/hf_checkpoint.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <optional>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
@@ -93,15 +97,52 @@ std::string file_kind(const engram::safetensors_file& f) {
 
 namespace {
 
+/// A DeepSeek-V4.1 checkpoint directory: its Engram layers and the token map's check.
+int inspect_checkpoint(const std::string& dir, const std::optional<std::string>& token_map) {
+    namespace v41 = engram::deepseek_v41;
+    std::optional<std::filesystem::path> map;
+    if (token_map) map = *token_map;
+    const auto ck = v41::checkpoint::open(dir, {map});
+    const auto& c = ck.cfg();
+    std::cout << dir << ": DeepSeek-V4.1 checkpoint directory, config " << ck.config_path().string() << '\n'
+              << "config: Engram layers " << v41::config::list_text(c.layer_ids) << ", orders 2.." << c.max_ngram
+              << ", " << c.n_heads << " heads x " << c.head_dim << " values, prime start " << c.prime_start
+              << ", hidden " << c.hidden << " x hc " << c.hc << ", eps " << c.norm_eps << ", pad id " << c.pad_id
+              << '\n'
+              << "token map: " << ck.vocab_source() << ": V = " << ck.vocab().vocab_size()
+              << ", V' = " << ck.vocab().canonical_size() << " (engram_compressed_vocab_size " << c.compressed_vocab_size
+              << ": ok)\n";
+    for (const auto& l : ck.layers())
+        std::cout << "layer " << l.id << ": " << l.rows << " rows x " << l.dim << ", " << l.codec << ", "
+                  << bytes_text(static_cast<std::size_t>(l.bytes)) << " in " << l.shard
+                  << " (served in place); wkv " << c.hidden * (c.hc + 1) << " x "
+                  << (c.max_ngram - 1) * c.n_heads * c.head_dim << " fp8, 32x32 block scales\n";
+    return 0;
+}
+
 int cmd_inspect(const std::vector<std::string>& argv) {
-    constexpr const char* usage = "engram inspect FILE";
-    const auto a = args::parse(argv);
+    constexpr const char* usage = "engram inspect FILE|CHECKPOINT_DIR [--token-map FILE]";
+    std::vector<std::string> rest;
+    std::optional<std::string> token_map;
+    for (std::size_t i = 0; i < argv.size(); ++i) {
+        if (argv[i] == "--token-map") {
+            if (i + 1 >= argv.size()) throw usage_error("--token-map needs a file name");
+            token_map = argv[++i];
+        } else {
+            rest.push_back(argv[i]);
+        }
+    }
+    const auto a = args::parse(rest);
     if (a.help) {
         std::cout << "usage: " << usage << "\n\nPrints the kind of file, its configuration and derived table layout,\n"
-                  << "and every tensor with its dtype, shape, size and value range.\n";
+                  << "and every tensor with its dtype, shape, size and value range.\n"
+                  << "On a DeepSeek-V4.1 checkpoint directory: its Engram layers (rows, codec, bytes, shard) and\n"
+                  << "the token map (tokenizer.json, or --token-map FILE) checked against the config.\n";
         return 0;
     }
     a.expect(1, false, usage);
+    if (std::filesystem::is_directory(a.positional[0])) return inspect_checkpoint(a.positional[0], token_map);
+    if (token_map) throw usage_error("--token-map is for checkpoint directories");
     const auto file = engram::safetensors_file::open(a.positional[0]);
     std::cout << file.path().string() << ": " << file_kind(file) << ", " << bytes_text(file.file_size()) << ", "
               << file.tensors().size() << " tensor(s)\n";
@@ -148,7 +189,7 @@ int cmd_inspect(const std::vector<std::string>& argv) {
 
 const registration reg_cmd_inspect{
     {"inspect",
-     "inspect FILE                                       readable summary of a case, table or checkpoint file",
+     "inspect FILE|DIR                                   readable summary of a case, table or checkpoint file or V4.1 checkpoint directory",
      &cmd_inspect}};
 
 } // namespace

@@ -2,6 +2,8 @@
 #include "cli.hpp"
 
 #include <engram/io/table_file.hpp>
+#include <engram/model/deepseek_v41_pack.hpp>
+#include <engram/model/hf_checkpoint.hpp>
 
 #include <signal.h> // for sigaction
 #include <unistd.h> // for isatty
@@ -146,8 +148,11 @@ private:
 
 struct pack_args {
     std::string input, output, codec = "f32";
+    bool codec_given = false;
     std::size_t shards = 1;
     bool help = false;
+    std::optional<std::int64_t> layer;        ///< DeepSeek-V4.1: the Engram layer to pack
+    std::optional<std::string> token_map;     ///< DeepSeek-V4.1: instead of tokenizer.json
 };
 
 /// `--name VALUE` or `--name=VALUE`: the value, advancing `i` past it.
@@ -166,7 +171,8 @@ bool option_value(const std::vector<std::string>& argv, std::size_t& i, std::str
 }
 
 constexpr const char* pack_usage =
-    "engram pack CHECKPOINT.safetensors -o TABLE.safetensors [--codec f32|bf16|f16|fp8|int8] [--shards N]";
+    "engram pack CHECKPOINT.safetensors|V41_CHECKPOINT_DIR -o TABLE.safetensors [--codec f32|bf16|f16|fp8|int8] "
+    "[--shards N] [--layer L] [--token-map FILE]";
 
 pack_args parse_pack(const std::vector<std::string>& argv) {
     pack_args a;
@@ -186,6 +192,11 @@ pack_args parse_pack(const std::vector<std::string>& argv) {
             for (auto c : codecs) known = known || value == c;
             if (!known) throw usage_error("--codec: unknown codec '" + value + "' (use f32, bf16, f16, fp8 or int8)");
             a.codec = value;
+            a.codec_given = true;
+        } else if (option_value(argv, i, "--layer", value)) {
+            a.layer = static_cast<std::int64_t>(parse_count("--layer", value, 0, 1u << 20));
+        } else if (option_value(argv, i, "--token-map", value)) {
+            a.token_map = value;
         } else if (option_value(argv, i, "--shards", value)) {
             std::size_t n = 0;
             bool ok = !value.empty() && value.size() <= 6;
@@ -209,6 +220,47 @@ pack_args parse_pack(const std::vector<std::string>& argv) {
     return a;
 }
 
+/// DeepSeek-V4.1: one Engram layer's in-place FP8 table of a checkpoint directory or a case file.
+int pack_v41(const pack_args& a) {
+    namespace v41 = engram::deepseek_v41;
+    const auto start = clock_type::now();
+    std::optional<std::filesystem::path> token_map;
+    if (a.token_map) token_map = *a.token_map;
+    v41::config cfg;
+    engram::canonical_table vocab;
+    v41::tensor_set tensors;
+    std::optional<v41::checkpoint> ck;
+    if (std::filesystem::is_directory(a.input)) {
+        ck = v41::checkpoint::open(a.input, {token_map});
+        cfg = ck->cfg();
+        vocab = ck->vocab();
+    } else {
+        auto file = std::make_shared<const engram::safetensors_file>(engram::safetensors_file::open(a.input));
+        cfg = v41::config::from_json(read_config(*file));
+        vocab = token_map ? engram::load_canonical_table(*token_map) : engram::load_canonical_table(*file);
+        tensors.add_all(file);
+    }
+    const std::optional<std::int64_t> layer = a.layer ? a.layer : cfg.layer_id;
+    if (!layer) throw usage_error("--layer L is needed (one of " + v41::config::list_text(cfg.layer_ids) + ")");
+    const auto table = v41::embedding_table(cfg, *layer, ck ? ck->tensors() : tensors);
+    const std::string codec = a.codec_given ? a.codec : std::string("fp8");
+    progress_bar bar("pack", engram::detail::codec_info_for(codec).row_bytes(table.dim()));
+    const signal_guard signals;
+    const engram::table_manifest m = with_bar(bar, [&] {
+        return v41::pack_table(cfg, *layer, vocab, table, a.output, codec, a.shards,
+                               [&](std::uint64_t done, std::uint64_t total) {
+                                   signal_guard::check();
+                                   bar.update(done, total);
+                               });
+    });
+    const double secs = seconds_since(start);
+    std::cout << "packed DeepSeek-V4.1 Engram layer " << *layer << " of " << a.input << " -> " << a.output << '\n'
+              << "  " << m.rows << " rows x " << m.dim << " (" << m.codec << ", " << m.row_bytes
+              << " bytes a row), V = " << vocab.vocab_size() << ", V' = " << vocab.canonical_size() << ", "
+              << m.shards.size() << " shard(s), " << fixed(secs, 2) << " s\n";
+    return 0;
+}
+
 int cmd_pack(const std::vector<std::string>& argv) {
     const pack_args a = parse_pack(argv);
     if (a.help) {
@@ -219,9 +271,15 @@ int cmd_pack(const std::vector<std::string>& argv) {
                   << "codec (default f32) plus a manifest of the config, layout, vocabulary and checksums.\n"
                   << "With --shards N the rows go to N files TABLE.shard{k}.safetensors and TABLE.safetensors\n"
                   << "holds the manifest. Every file is written to a temporary, fsynced and renamed; an\n"
-                  << "interrupted pack leaves no table behind. 'engram verify TABLE.safetensors' checks it.\n";
+                  << "interrupted pack leaves no table behind. 'engram verify TABLE.safetensors' checks it.\n"
+                  << "A DeepSeek-V4.1 checkpoint directory or case file packs Engram layer --layer L (the FP8\n"
+                  << "codes and E8M0 scales of its two tensors, re-encoded; default codec fp8) with the\n"
+                  << "checkpoint's token map (tokenizer.json, or --token-map FILE).\n";
         return 0;
     }
+    if (std::filesystem::is_directory(a.input) || a.layer ||
+        engram::deepseek_v41::is_case_file(engram::safetensors_file::open(a.input)))
+        return pack_v41(a);
     const auto start = clock_type::now();
     const auto source = engram::safetensors_file::open(a.input);
     // Temporaries an earlier pack of this table left when it was killed (never read; see

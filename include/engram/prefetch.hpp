@@ -126,6 +126,23 @@ lookup_plan make_plan(const Layer& layer, std::span<const token_id> raw, std::si
     return make_plan(std::move(ids), batch, seq_len, heads);
 }
 
+/// @brief As above with the forward's token mask (DeepSeek-V4.1: a 0 also marks the position
+///        dead for the hash; see `layer::rows`).
+template <class Layer>
+requires requires(const Layer& l, std::span<const token_id> raw, std::span<row_id> out,
+                  std::span<const std::uint8_t> mask) {
+    { l.num_heads() } -> std::convertible_to<std::size_t>;
+    l.rows(raw, std::size_t{}, std::size_t{}, out, mask);
+}
+lookup_plan make_plan(const Layer& layer, std::span<const token_id> raw, std::size_t batch, std::size_t seq_len,
+                      std::span<const std::uint8_t> token_mask) {
+    const std::size_t heads = layer.num_heads();
+    std::vector<row_id> ids(
+        detail::checked_mul(detail::checked_mul(batch, seq_len, "make_plan [B, T]"), heads, "make_plan rows"));
+    layer.rows(raw, batch, seq_len, ids, token_mask);
+    return make_plan(std::move(ids), batch, seq_len, heads);
+}
+
 namespace detail {
 
 /// Row ids of each state's next token, computed on a fork: the states do not change.

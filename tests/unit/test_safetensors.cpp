@@ -93,7 +93,8 @@ TEST_CASE("dtype names, sizes and parsing", "[safetensors]") {
         {dtype::f64, "F64"},      {dtype::f32, "F32"},         {dtype::f16, "F16"},        {dtype::bf16, "BF16"},
         {dtype::i64, "I64"},      {dtype::i32, "I32"},         {dtype::i16, "I16"},        {dtype::i8, "I8"},
         {dtype::u8, "U8"},        {dtype::u16, "U16"},         {dtype::u32, "U32"},        {dtype::u64, "U64"},
-        {dtype::boolean, "BOOL"}, {dtype::f8_e4m3, "F8_E4M3"}, {dtype::f8_e5m2, "F8_E5M2"}};
+        {dtype::boolean, "BOOL"}, {dtype::f8_e4m3, "F8_E4M3"}, {dtype::f8_e5m2, "F8_E5M2"},
+        {dtype::f8_e8m0, "F8_E8M0"}};
     for (const auto& [d, n] : names) {
         CHECK(engram::dtype_name(d) == n);
         CHECK(engram::parse_dtype(n) == d);
@@ -105,6 +106,7 @@ TEST_CASE("dtype names, sizes and parsing", "[safetensors]") {
     CHECK(engram::dtype_size(dtype::u16) == 2);
     CHECK(engram::dtype_size(dtype::boolean) == 1);
     CHECK(engram::dtype_size(dtype::f8_e5m2) == 1);
+    CHECK(engram::dtype_size(dtype::f8_e8m0) == 1);
 
     const std::string msg = message_of<engram::format_error>([] { (void)engram::parse_dtype("F128"); });
     CHECK(contains_text(msg, "unknown dtype 'F128'"));
@@ -258,7 +260,8 @@ TEST_CASE("writer -> reader round trip for every dtype", "[safetensors]") {
     using engram::dtype;
     const dtype all[] = {dtype::f64, dtype::f32, dtype::f16,     dtype::bf16,    dtype::i64,
                          dtype::i32, dtype::i16, dtype::i8,      dtype::u8,      dtype::u16,
-                         dtype::u32, dtype::u64, dtype::boolean, dtype::f8_e4m3, dtype::f8_e5m2};
+                         dtype::u32, dtype::u64, dtype::boolean, dtype::f8_e4m3, dtype::f8_e5m2,
+                         dtype::f8_e8m0};
     engram::safetensors_writer w;
     std::vector<std::vector<std::byte>> payloads;
     unsigned seed = 0;
@@ -273,7 +276,7 @@ TEST_CASE("writer -> reader round trip for every dtype", "[safetensors]") {
     w.add("empty", dtype::i64, {0, 5}, {});
     w.set_metadata("format", "pt");
     w.set_metadata("note", "ünïcode");
-    CHECK(w.size() == 17);
+    CHECK(w.size() == 18);
 
     const auto bytes = w.to_bytes();
     std::uint64_t header_len = 0;
@@ -282,7 +285,7 @@ TEST_CASE("writer -> reader round trip for every dtype", "[safetensors]") {
     CHECK(bytes[8] == std::byte{'{'});
 
     auto check = [&](const engram::safetensors_file& f) {
-        REQUIRE(f.tensors().size() == 17);
+        REQUIRE(f.tensors().size() == 18);
         for (std::size_t i = 0; i < std::size(all); ++i) {
             const auto& t = f.at("t." + std::string(engram::dtype_name(all[i])));
             CHECK(t.type == all[i]);

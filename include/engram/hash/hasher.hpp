@@ -12,6 +12,7 @@
 #include <engram/types.hpp>
 #include <engram/vocab/canonical_table.hpp>
 
+#include <algorithm>   // for copy
 #include <array>       // for array
 #include <cstddef>     // for size_t
 #include <cstdint>     // for int64_t, uint64_t
@@ -144,6 +145,24 @@ public:
                      std::size_t seq_len, std::span<row_id> out,
                      std::optional<token_id> dead_token = std::nullopt) const {
         run_tokens(vocab, raw, batch, seq_len, out, dead_token, true);
+    }
+
+    /// @brief Head-local indices of raw ids with a per-token mask (DeepSeek-V4.1's dead
+    ///        positions, e.g. image spans): a position whose `token_mask` entry is 0 is dead,
+    ///        exactly as a dead token is (its window is all pad, and later windows read pad for it
+    ///        and everything before it).
+    /// @param token_mask `[batch, seq_len]`, 0 = dead, anything else = live.
+    /// @throws input_error for a mask or output of the wrong size or a raw id outside `[0, V)`
+    ///         (nothing is written); config_error if `vocab` has a different V' than the layout.
+    void hash_tokens(const canonical_table& vocab, std::span<const token_id> raw, std::size_t batch,
+                     std::size_t seq_len, std::span<std::int64_t> out, std::span<const std::uint8_t> token_mask) const {
+        run_masked(vocab, raw, batch, seq_len, out, token_mask, false);
+    }
+
+    /// @brief Global row ids (head offset added) of raw ids with a per-token mask; see above.
+    void rows_tokens(const canonical_table& vocab, std::span<const token_id> raw, std::size_t batch,
+                     std::size_t seq_len, std::span<row_id> out, std::span<const std::uint8_t> token_mask) const {
+        run_masked(vocab, raw, batch, seq_len, out, token_mask, true);
     }
 
     /// @brief Throws config_error unless `vocab` has the V' this layout was built for.
@@ -284,6 +303,44 @@ private:
             loop<true>(canonical.data(), raw.data(), *dead_token, batch, seq_len, out.data(), add_offsets);
         else
             loop<false>(canonical.data(), nullptr, 0, batch, seq_len, out.data(), add_offsets);
+    }
+
+    /// Each run of live positions is hashed as a sequence of its own (a dead position restarts
+    /// the context like a sequence start); dead positions get the all-pad window's rows.
+    void run_masked(const canonical_table& vocab, std::span<const token_id> raw, std::size_t batch,
+                    std::size_t seq_len, std::span<std::int64_t> out, std::span<const std::uint8_t> token_mask,
+                    bool add_offsets) const {
+        check_vocab(vocab);
+        check_shapes(raw.size(), batch, seq_len, out.size());
+        if (token_mask.size() != raw.size())
+            throw input_error("hash: token mask has " + std::to_string(token_mask.size()) +
+                              " entries, expected B x T = " + std::to_string(raw.size()));
+        {
+            std::vector<token_id> scratch(raw.size());
+            vocab.map(raw, scratch); // validates every raw id before anything is written
+        }
+        const std::size_t heads = num_heads();
+        std::vector<std::int64_t> dead_rows(heads);
+        const window_type pad = empty_window();
+        if (add_offsets)
+            rows_window(pad, dead_rows);
+        else
+            hash_window(pad, dead_rows);
+        const std::size_t tokens = raw.size();
+        std::size_t i = 0;
+        while (i < tokens) {
+            const std::size_t row_end = (i / seq_len + 1) * seq_len; // runs stop at a sequence's end
+            if (token_mask[i] == 0) {
+                std::copy(dead_rows.begin(), dead_rows.end(), out.begin() + static_cast<std::ptrdiff_t>(i * heads));
+                ++i;
+                continue;
+            }
+            std::size_t j = i;
+            while (j < row_end && token_mask[j] != 0) ++j;
+            run_tokens(vocab, raw.subspan(i, j - i), 1, j - i, out.subspan(i * heads, (j - i) * heads), std::nullopt,
+                       add_offsets);
+            i = j;
+        }
     }
 
 #if ENGRAM_HAS_X86_SIMD()

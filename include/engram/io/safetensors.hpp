@@ -40,7 +40,8 @@ static_assert(std::endian::native == std::endian::little,
               "<engram/io/safetensors.hpp> supports little-endian hosts only");
 
 /// @brief The element types of the safetensors format.
-enum class dtype { f64, f32, f16, bf16, i64, i32, i16, i8, u8, u16, u32, u64, boolean, f8_e4m3, f8_e5m2 };
+/// `f8_e8m0` is the OCP UE8M0 scale byte (2^(b - 127); 255 is NaN), DeepSeek's block-scale dtype.
+enum class dtype { f64, f32, f16, bf16, i64, i32, i16, i8, u8, u16, u32, u64, boolean, f8_e4m3, f8_e5m2, f8_e8m0 };
 
 /// @brief Bytes per element of `type` (1 for `boolean` and the 8-bit floats).
 inline std::size_t dtype_size(dtype type) noexcept {
@@ -63,12 +64,13 @@ inline std::size_t dtype_size(dtype type) noexcept {
     case dtype::boolean:
     case dtype::f8_e4m3:
     case dtype::f8_e5m2:
+    case dtype::f8_e8m0:
         return 1;
     }
     return 0; // not reached for a valid enumerator
 }
 
-/// @brief The safetensors spelling of `type`: "F64", "F32", ..., "BOOL", "F8_E4M3", "F8_E5M2".
+/// @brief The safetensors spelling of `type`: "F64", "F32", ..., "BOOL", "F8_E4M3", "F8_E5M2", "F8_E8M0".
 inline std::string_view dtype_name(dtype type) noexcept {
     switch (type) {
     case dtype::f64:
@@ -101,6 +103,8 @@ inline std::string_view dtype_name(dtype type) noexcept {
         return "F8_E4M3";
     case dtype::f8_e5m2:
         return "F8_E5M2";
+    case dtype::f8_e8m0:
+        return "F8_E8M0";
     }
     return "INVALID";
 }
@@ -109,7 +113,8 @@ namespace detail {
 
 inline constexpr dtype all_dtypes[] = {dtype::f64, dtype::f32, dtype::f16,     dtype::bf16,    dtype::i64,
                                        dtype::i32, dtype::i16, dtype::i8,      dtype::u8,      dtype::u16,
-                                       dtype::u32, dtype::u64, dtype::boolean, dtype::f8_e4m3, dtype::f8_e5m2};
+                                       dtype::u32, dtype::u64, dtype::boolean, dtype::f8_e4m3, dtype::f8_e5m2,
+                                       dtype::f8_e8m0};
 
 /// Non-throwing parse used by the reader, which adds the file and tensor to the message.
 inline bool try_parse_dtype(std::string_view text, dtype& out) noexcept {
@@ -213,7 +218,7 @@ inline std::string errno_text(int err) { return std::string(std::strerror(err));
 } // namespace detail
 
 /// @brief Parses a safetensors dtype spelling ("F32", "BF16", ...).
-/// @throws format_error naming the string if it is not one of the fifteen spellings.
+/// @throws format_error naming the string if it is not one of the sixteen spellings.
 inline dtype parse_dtype(std::string_view text) {
     dtype d{};
     if (!detail::try_parse_dtype(text, d))

@@ -25,6 +25,23 @@ struct production_fusion {
     static constexpr bool supports_token_mask = true;
 };
 
+/// @brief DeepSeek-V4.1: the production fusion, and a masked token (0 in the token mask, e.g.
+///        an image-span position) is also dead for the hash: its window is all pad and later
+///        windows read pad for it and everything before it (spec deepseek-v41.md, section 4).
+struct masked_production_fusion : production_fusion {
+    static constexpr bool mask_blocks_hash = true;
+};
+
+/// @brief Whether a fusion's token mask also blocks the hash (`F::mask_blocks_hash`; false when
+///        the policy does not say).
+template <class F>
+inline constexpr bool mask_blocks_hash_v = [] {
+    if constexpr (requires { F::mask_blocks_hash; })
+        return static_cast<bool>(F::mask_blocks_hash);
+    else
+        return false;
+}();
+
 /// @brief A fusion policy names its structure through these three constants.
 template <class F>
 concept fusion_policy = requires {
@@ -33,6 +50,8 @@ concept fusion_policy = requires {
     { F::supports_token_mask } -> std::convertible_to<bool>;
 };
 
-static_assert(fusion_policy<reference_fusion> && fusion_policy<production_fusion>);
+static_assert(fusion_policy<reference_fusion> && fusion_policy<production_fusion> &&
+              fusion_policy<masked_production_fusion>);
+static_assert(mask_blocks_hash_v<masked_production_fusion> && !mask_blocks_hash_v<production_fusion>);
 
 ENGRAM_END_NAMESPACE

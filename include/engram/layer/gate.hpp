@@ -32,6 +32,16 @@ struct sigmoid_gate {
     float operator()(float s) const noexcept { return 1.0f / (1.0f + std::exp(-s)); }
 };
 
-static_assert(gate_policy<reference_gate> && gate_policy<sigmoid_gate>);
+/// @brief DeepSeek-V4.1's gate: `sigmoid(copysign(sqrt(max(|s|, 1e-6)), s))`, where a zero
+///        score (of either sign) counts as negative, as in the reference (spec deepseek-v41.md,
+///        section 5.3): s = 0 gives sigmoid(-0.001), where the demo's gate gives sigmoid(0).
+struct copysign_gate {
+    float operator()(float s) const noexcept {
+        const float magnitude = std::sqrt(std::max(std::fabs(s), 1e-6f));
+        return 1.0f / (1.0f + std::exp(s > 0.0f ? -magnitude : magnitude));
+    }
+};
+
+static_assert(gate_policy<reference_gate> && gate_policy<sigmoid_gate> && gate_policy<copysign_gate>);
 
 ENGRAM_END_NAMESPACE

@@ -18,6 +18,7 @@
 #include <engram/layer/config.hpp>
 #include <engram/layer/fusion.hpp>
 #include <engram/layer/gate.hpp>
+#include <engram/layer/projection.hpp>
 #include <engram/ngram/decode_state.hpp>
 #include <engram/ngram/orders.hpp>
 #include <engram/storage/codec.hpp>
@@ -54,6 +55,7 @@ struct layer_policies {
     using row_type = float;
     using gate_type = reference_gate;
     using fusion_type = reference_fusion;
+    using projection_type = plain_projection;
     using backend_type = host_backend;
 };
 
@@ -87,6 +89,7 @@ public:
     using row_type = typename Policies::row_type;
     using gate_type = typename Policies::gate_type;
     using fusion_type = typename Policies::fusion_type;
+    using projection_type = typename Policies::projection_type;
     using backend_type = typename Policies::backend_type;
     using hasher_type = ngram_hasher<hash_type, orders_type>;
     using storage_table_type = typename storage_type::template table<row_type>;
@@ -99,6 +102,10 @@ public:
                   "Policies::row_type must be float, bfloat16 or an engram::row_codec");
     static_assert(gate_policy<gate_type>, "Policies::gate_type must model engram::gate_policy");
     static_assert(fusion_policy<fusion_type>, "Policies::fusion_type must model engram::fusion_policy");
+    static_assert(projection_policy<projection_type>,
+                  "Policies::projection_type must model engram::projection_policy");
+    /// Whether the token mask also marks positions dead for the hash (masked_production_fusion).
+    static constexpr bool mask_blocks_hash = mask_blocks_hash_v<fusion_type>;
     static_assert(std::is_same_v<backend_type, host_backend>,
                   "engram::layer runs on host_backend; device backends have their own headers");
 
@@ -121,6 +128,19 @@ public:
             pos_ -= k;
         }
         [[nodiscard]] const ngram_state_type& ngram() const noexcept { return ngram_; }
+
+        /// @brief Resumes a sequence whose earlier tokens ran elsewhere: the state after
+        ///        `raw_prefix`, of which only the last N-1 ids (and their mask entries) matter.
+        ///        Fusions without a convolution only (nothing else carries over between tokens);
+        ///        `rollback` cannot go back past this point.
+        /// @param token_mask optional, one entry per prefix token, as for `forward`.
+        /// @throws input_error as ngram_state::seed (state unchanged).
+        void seed(std::span<const token_id> raw_prefix, std::span<const std::uint8_t> token_mask = {}) {
+            static_assert(!fusion_type::has_conv,
+                          "decode_state::seed: this fusion's convolution history cannot be rebuilt from ids");
+            ngram_.seed(raw_prefix, mask_blocks_hash ? token_mask : std::span<const std::uint8_t>{});
+            pos_ = floor_ = raw_prefix.size();
+        }
 
     private:
         friend class layer;
@@ -154,17 +174,18 @@ public:
           hasher_(make_layout_for(cfg_, vocab_, std::move(multipliers))),
           table_(static_cast<std::size_t>(hasher_.layout().total_rows),
                  static_cast<std::size_t>(hasher_.layout().head_dim)) {
-        const auto h = static_cast<Eigen::Index>(cfg_.hidden);
-        const auto m = static_cast<Eigen::Index>(cfg_.branches);
-        const auto d = static_cast<Eigen::Index>(cfg_.memory_dim());
-        proj_w_ = row_matrix::Zero((1 + m) * h, d);
-        proj_b_ = Eigen::VectorXf::Zero((1 + m) * h);
-        key_norm_ = row_matrix::Ones(m, h);
-        hidden_norm_ = row_matrix::Ones(m, h);
-        if constexpr (fusion_type::has_conv) {
-            conv_w_ = row_matrix::Zero(m * h, cfg_.kernel_size);
-            conv_norm_ = row_matrix::Ones(m, h);
-        }
+        init_parameters();
+    }
+
+    /// @brief As above, with the embedding rows in `table` (moved in; e.g. a checkpoint's table
+    ///        served in place) instead of a zero table of the storage's own.
+    /// @throws config_error if the table's shape differs from the layout's rows x head_dim.
+    layer(layer_config cfg, canonical_table vocab, storage_table_type table,
+          std::optional<std::vector<std::int64_t>> multipliers = std::nullopt)
+        : cfg_(validated(std::move(cfg))), vocab_(std::move(vocab)),
+          hasher_(make_layout_for(cfg_, vocab_, std::move(multipliers))), table_(std::move(table)) {
+        check_table(table_);
+        init_parameters();
     }
 
     // ---- configuration and parameters -------------------------------------------------------
@@ -269,6 +290,26 @@ public:
         hasher_.rows_tokens(vocab_, raw, batch, seq_len, out, cfg_.dead_token);
     }
 
+    /// @brief Row ids as `forward` with this token mask computes them: when the fusion's mask
+    ///        blocks the hash (masked_production_fusion), a 0 marks that position dead (and so
+    ///        does the config's dead token); otherwise the mask does not change the rows.
+    void rows(std::span<const token_id> raw, std::size_t batch, std::size_t seq_len, std::span<row_id> out,
+              std::span<const std::uint8_t> token_mask) const {
+        if constexpr (mask_blocks_hash) {
+            if (!token_mask.empty()) {
+                if (!cfg_.dead_token) return hasher_.rows_tokens(vocab_, raw, batch, seq_len, out, token_mask);
+                if (token_mask.size() != raw.size())
+                    throw input_error("forward: token mask has " + std::to_string(token_mask.size()) +
+                                      " entries, expected B*T = " + std::to_string(raw.size()));
+                std::vector<std::uint8_t> live(token_mask.begin(), token_mask.end());
+                for (std::size_t i = 0; i < live.size(); ++i)
+                    if (raw[i] == *cfg_.dead_token) live[i] = 0;
+                return hasher_.rows_tokens(vocab_, raw, batch, seq_len, out, std::span<const std::uint8_t>(live));
+            }
+        }
+        rows(raw, batch, seq_len, out);
+    }
+
     /// @brief Memory vectors `[n, D]` of row ids `[n, heads]`.
     void memory(std::span<const row_id> row_ids, std::span<float> out) const { gather(table_, row_ids, out); }
 
@@ -340,15 +381,51 @@ public:
 
     /// @brief Runs a whole sequence (batch 1) like `forward` and leaves `state` positioned after
     ///        it, ready for `decode_step` (a prefill). `state` must be fresh.
+    /// @param token_mask optional `[T]`, as for `forward`.
     void prefill(decode_state& state, std::span<const token_id> raw, std::span<const float> hidden,
-                 std::span<float> out) const {
+                 std::span<float> out, std::span<const std::uint8_t> token_mask = {}) const {
         if (state.position() != 0) throw input_error("prefill: the decode state has already seen tokens");
-        const std::size_t width = detail::checked_mul(raw.size(), branch_width(), "prefill [T, M, H]");
-        if (hidden.size() != width || out.size() != width)
-            throw input_error("prefill: hidden and out need T*M*H = " + std::to_string(width) + " values");
+        check_chunk(raw.size(), hidden.size(), out.size(), "prefill");
         decode_state next = state;
         forward_impl(table_, raw, 1, raw.size(), {hidden.data(), static_cast<Eigen::Index>(cfg_.hidden)},
-                     {out.data(), static_cast<Eigen::Index>(cfg_.hidden)}, {}, &next);
+                     {out.data(), static_cast<Eigen::Index>(cfg_.hidden)}, token_mask, &next);
+        state = std::move(next);
+    }
+
+    /// @brief The next `T = raw.size()` tokens of `state`'s sequence at once (a chunk of a
+    ///        chunked prefill, or several decode steps): hidden and out `[T, M, H]`, the same
+    ///        values as `decode_step` token by token and as the whole-sequence forward. A fresh
+    ///        state runs `prefill`. Without a convolution the chunk is one blocked forward on
+    ///        the state's context; the reference fusion runs it step by step. On an error the
+    ///        state is unchanged.
+    /// @param token_mask optional `[T]`, as for `forward`.
+    void extend(decode_state& state, std::span<const token_id> raw, std::span<const float> hidden,
+                std::span<float> out, std::span<const std::uint8_t> token_mask = {}) const {
+        if (state.position() == 0) return prefill(state, raw, hidden, out, token_mask);
+        check_chunk(raw.size(), hidden.size(), out.size(), "extend");
+        const std::size_t mh = branch_width();
+        check_mask(token_mask, raw.size());
+        auto keep = [&](std::size_t t) { return token_mask.empty() || token_mask[t] != 0; };
+        decode_state next = state;
+        if constexpr (fusion_type::has_conv) {
+            for (std::size_t t = 0; t < raw.size(); ++t)
+                decode_step(next, raw[t], hidden.subspan(t * mh, mh), out.subspan(t * mh, mh), keep(t));
+        } else {
+            workspace& ws = local_workspace();
+            const std::size_t heads = num_heads(), d_mem = memory_dim(), n = raw.size();
+            row_id* ids = grow(ws.rows, detail::checked_mul(n, heads, "extend rows"));
+            for (std::size_t t = 0; t < n; ++t)
+                next.ngram_.push(raw[t], std::span<row_id>(ids + t * heads, heads), !mask_blocks_hash || keep(t));
+            auto memory = [this, ids, heads, d_mem](workspace& tws, std::size_t first, std::size_t count) {
+                float* e = grow(tws.e, count * d_mem);
+                table_.gather(std::span<const row_id>(ids + first * heads, count * heads),
+                              std::span<float>(e, count * d_mem));
+                return static_cast<const float*>(e);
+            };
+            run(memory, 1, n, {hidden.data(), static_cast<Eigen::Index>(cfg_.hidden)},
+                {out.data(), static_cast<Eigen::Index>(cfg_.hidden)}, token_mask, nullptr, {});
+            for (std::size_t t = 0; t < n; ++t) next.advance();
+        }
         state = std::move(next);
     }
 
@@ -367,7 +444,7 @@ public:
         check_table(rows_table);
         check_step(hidden.size(), out.size(), keep);
         workspace& ws = local_workspace();
-        const auto token_rows = stage_step(ws, state, raw);
+        const auto token_rows = stage_step(ws, state, raw, keep);
         float* e = grow(ws.step_e, memory_dim());
         rows_table.gather(token_rows, std::span<float>(e, memory_dim()));
         commit_step(ws, state);
@@ -385,7 +462,7 @@ public:
             throw input_error("decode_step_memory: e has " + std::to_string(e.size()) +
                               " values, expected D = " + std::to_string(memory_dim()));
         workspace& ws = local_workspace();
-        const auto token_rows = stage_step(ws, state, raw);
+        const auto token_rows = stage_step(ws, state, raw, keep);
         if (!expected_rows.empty() &&
             !std::equal(token_rows.begin(), token_rows.end(), expected_rows.begin(), expected_rows.end()))
             throw input_error("decode_step_memory: token " + std::to_string(raw) +
@@ -415,6 +492,7 @@ private:
     struct workspace {
         std::vector<row_id> rows;       ///< [B*T, heads] row ids of a forward
         std::vector<float> e;           ///< [block, D] gathered memory vectors
+        std::vector<float> eq;          ///< [block, D] memory vectors as the projection takes them (projection_type)
         std::vector<float> p;           ///< [block, (1+M)H] projections
         std::vector<float> alpha;       ///< [block, M] gates
         std::vector<float> u, y;        ///< [H] gated value, [M*H] conv pre-activation
@@ -474,13 +552,13 @@ private:
 
     /// Pushes `raw` into a copy of `state`'s n-gram window (the calling thread's, reused) and
     /// writes the position's rows; the caller commits with `commit_step` once nothing can fail.
-    std::span<const row_id> stage_step(workspace& ws, const decode_state& state, token_id raw) const {
+    std::span<const row_id> stage_step(workspace& ws, const decode_state& state, token_id raw, bool keep) const {
         if (ws.step_ngram)
             *ws.step_ngram = state.ngram_;
         else
             ws.step_ngram.emplace(state.ngram_);
         const std::span<row_id> rows(grow(ws.step_rows, num_heads()), num_heads());
-        ws.step_ngram->push(raw, rows); // validates raw
+        ws.step_ngram->push(raw, rows, !mask_blocks_hash || keep); // validates raw
         return rows;
     }
     static void commit_step(workspace& ws, decode_state& state) noexcept {
@@ -492,6 +570,11 @@ private:
     void step_apply(workspace& ws, decode_state& state, const float* e, std::span<const float> hidden,
                     std::span<float> out, bool keep) const {
         const std::size_t d_mem = memory_dim(), rows = proj_rows();
+        if constexpr (projection_type::transforms_input) {
+            float* eq = grow(ws.eq, d_mem);
+            projection_type::prepare(e, eq, d_mem);
+            e = eq;
+        }
         float* p = grow(ws.step_p, rows);
         const float* bias = proj_b_.data();
         if (format_ == weight_format::bf16_dot) {
@@ -508,6 +591,7 @@ private:
             }
             for (std::size_t c = 0; c < rows; ++c) p[c] += bias[c];
         }
+        if constexpr (projection_type::transforms_output) projection_type::finish(p, rows);
         const auto mh = branch_width();
         float* alpha = grow(ws.alpha, static_cast<std::size_t>(cfg_.branches));
         float* u = grow(ws.u, static_cast<std::size_t>(cfg_.hidden));
@@ -531,6 +615,29 @@ private:
             token_math(p, hid, 0, o, keep, nullptr, alpha, u);
         }
         state.advance();
+    }
+
+    /// Zero projections, unit norm weights, a zero convolution.
+    void init_parameters() {
+        const auto h = static_cast<Eigen::Index>(cfg_.hidden);
+        const auto m = static_cast<Eigen::Index>(cfg_.branches);
+        const auto d = static_cast<Eigen::Index>(cfg_.memory_dim());
+        proj_w_ = row_matrix::Zero((1 + m) * h, d);
+        proj_b_ = Eigen::VectorXf::Zero((1 + m) * h);
+        key_norm_ = row_matrix::Ones(m, h);
+        hidden_norm_ = row_matrix::Ones(m, h);
+        if constexpr (fusion_type::has_conv) {
+            conv_w_ = row_matrix::Zero(m * h, cfg_.kernel_size);
+            conv_norm_ = row_matrix::Ones(m, h);
+        }
+    }
+
+    /// Checks hidden and out of a T-token chunk; returns T*M*H.
+    std::size_t check_chunk(std::size_t tokens, std::size_t hidden_size, std::size_t out_size, const char* what) const {
+        const std::size_t width = detail::checked_mul(tokens, branch_width(), what);
+        if (hidden_size != width || out_size != width)
+            throw input_error(std::string(what) + ": hidden and out need T*M*H = " + std::to_string(width) + " values");
+        return width;
     }
 
     void check_sizes(std::size_t batch, std::size_t seq_len, std::size_t hidden_size, std::size_t out_size) const {
@@ -612,9 +719,11 @@ private:
                 const float* cw = conv_norm_.row(static_cast<Eigen::Index>(m)).data();
                 float* x = normed + m * h;
                 for (std::size_t c = 0; c < h; ++c) x[c] = static_cast<float>(u[c] * ru) * cw[c];
-            } else {
+            } else if (keep) {
                 float* o = out.row(first_row + m);
                 for (std::size_t c = 0; c < h; ++c) o[c] = hm[c] + a * v[c];
+            } else { // a masked token comes back unchanged, bit for bit (h + 0 * v would turn -0 into +0)
+                std::copy_n(hm, h, out.row(first_row + m));
             }
         }
     }
@@ -673,6 +782,16 @@ private:
     /// kernel; elsewhere Eigen's GEMM after the bias.
     void project_panel(workspace& ws, const float* e, const std::uint32_t* e16, std::size_t n, float* p,
                        Eigen::Index r0) const {
+        project_panel_values(ws, e, e16, n, p, r0);
+        if constexpr (projection_type::transforms_output) {
+            const auto rows = static_cast<std::size_t>(proj_rows());
+            const std::size_t nr = std::min(static_cast<std::size_t>(panel_rows), rows - static_cast<std::size_t>(r0));
+            for (std::size_t i = 0; i < n; ++i) projection_type::finish(p + i * rows + static_cast<std::size_t>(r0), nr);
+        }
+    }
+
+    void project_panel_values(workspace& ws, const float* e, const std::uint32_t* e16, std::size_t n, float* p,
+                              Eigen::Index r0) const {
         const auto d_mem = static_cast<Eigen::Index>(memory_dim());
         const auto rows = static_cast<Eigen::Index>(proj_rows());
         const Eigen::Index nr = std::min(panel_rows, rows - r0);
@@ -769,6 +888,12 @@ private:
         for (std::size_t first = 0; first < tokens; first += block_tokens) {
             const std::size_t nb = std::min(block_tokens, tokens - first);
             const float* e = memory(ws, first, nb);
+            if constexpr (projection_type::transforms_input) {
+                const std::size_t d_mem = memory_dim();
+                float* eq = grow(ws.eq, nb * d_mem);
+                for (std::size_t i = 0; i < nb; ++i) projection_type::prepare(e + i * d_mem, eq + i * d_mem, d_mem);
+                e = eq;
+            }
             float* p = grow(ws.p, nb * rows);
             float* alpha = grow(ws.alpha, nb * m_count);
             std::uint32_t* e16 = nullptr;
@@ -826,7 +951,7 @@ private:
             const std::span<row_id> scratch(grow(ws.step_rows, num_heads()), num_heads());
             const std::size_t keep_rows = state->capacity_;
             for (std::size_t t = 0; t < seq_len; ++t) {
-                state->ngram_.push(raw[t], scratch);
+                state->ngram_.push(raw[t], scratch, !mask_blocks_hash || token_mask.empty() || token_mask[t] != 0);
                 if constexpr (fusion_type::has_conv)
                     if (t + keep_rows >= seq_len) std::copy_n(x + t * mh, mh, state->row(state->pos_));
                 state->advance();
@@ -844,7 +969,7 @@ private:
         workspace& ws = local_workspace();
         const std::size_t heads = num_heads(), d_mem = memory_dim();
         row_id* ids = grow(ws.rows, detail::checked_mul(tokens, heads, "forward rows"));
-        rows(raw, batch, seq_len, std::span<row_id>(ids, tokens * heads));
+        rows(raw, batch, seq_len, std::span<row_id>(ids, tokens * heads), token_mask);
         // Each block gathers its memory vectors into the calling thread's workspace.
         auto memory = [&rows_table, ids, heads, d_mem](workspace& tws, std::size_t first, std::size_t n) {
             float* e = grow(tws.e, n * d_mem);

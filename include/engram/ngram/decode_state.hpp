@@ -61,14 +61,16 @@ public:
 
     /// @brief Appends raw token `raw` and writes the global row ids of its position.
     /// @param rows `num_heads()` values: `offsets[h]` + head h's index.
+    /// @param live false marks the position dead (a 0 in DeepSeek-V4.1's token mask): it
+    ///        restarts the context as a dead token does.
     /// @throws input_error if `raw` is outside `[0, V)` or `rows` has the wrong size; the state is
     ///         then unchanged.
-    void push(token_id raw, std::span<row_id> rows) {
+    void push(token_id raw, std::span<row_id> rows, bool live = true) {
         if (rows.size() != hasher_->num_heads())
             throw input_error("ngram_state::push: output has " + std::to_string(rows.size()) + " slots, expected " +
                               std::to_string(hasher_->num_heads()) + " (one per head)");
         const token_id canonical = to_canonical(raw, position_);
-        if (has_dead_ && raw == dead_) {
+        if (!live || (has_dead_ && raw == dead_)) {
             window_ = hasher_->empty_window();
             history_[slot(position_)] = dead_mark;
         } else {
@@ -102,14 +104,18 @@ public:
     ///        prefill done elsewhere). Only the last N-1 ids and the last dead token matter.
     ///        Afterwards `position() == raw_prefix.size()` and `rollback` cannot go back past
     ///        this point (`undoable() == 0`).
-    /// @throws input_error naming the first position whose id is outside `[0, V)`; the state is
-    ///         then unchanged.
-    void seed(std::span<const token_id> raw_prefix) {
+    /// @param token_mask optional, one entry per prefix position: 0 marks it dead (see `push`).
+    /// @throws input_error naming the first position whose id is outside `[0, V)`, or for a mask
+    ///         of another length; the state is then unchanged.
+    void seed(std::span<const token_id> raw_prefix, std::span<const std::uint8_t> token_mask = {}) {
         const std::size_t n = raw_prefix.size();
+        if (!token_mask.empty() && token_mask.size() != n)
+            throw input_error("ngram_state::seed: token mask has " + std::to_string(token_mask.size()) +
+                              " entries for " + std::to_string(n) + " tokens");
         std::size_t start = 0; // first position after the last dead token
         for (std::size_t i = 0; i < n; ++i) {
             static_cast<void>(to_canonical(raw_prefix[i], i));
-            if (has_dead_ && raw_prefix[i] == dead_) start = i + 1;
+            if ((has_dead_ && raw_prefix[i] == dead_) || (!token_mask.empty() && token_mask[i] == 0)) start = i + 1;
         }
         window_ = hasher_->empty_window();
         const std::size_t first = std::max(start, n > context_size ? n - context_size : std::size_t{0});

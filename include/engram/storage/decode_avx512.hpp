@@ -136,9 +136,15 @@ struct avx512_decoder<fp8_e4m3_codec> {
     static constexpr bool exists = true;
     ENGRAM_DETAIL_AVX512_TARGET ENGRAM_ALWAYS_INLINE static void decode(const std::byte* row, float* out,
                                                                         std::size_t dim) noexcept {
+        decode_split(row, row + dim, out, dim);
+    }
+    /// The codes and the scale bytes stored apart (fp8_e4m3_codec::decode_split).
+    ENGRAM_DETAIL_AVX512_TARGET ENGRAM_ALWAYS_INLINE static void decode_split(const std::byte* row,
+                                                                              const std::byte* scales, float* out,
+                                                                              std::size_t dim) noexcept {
         constexpr std::size_t block = fp8_e4m3_codec::block;
         for (std::size_t j = 0; j < dim / block; ++j) {
-            const auto b = static_cast<std::uint8_t>(row[dim + j]);
+            const auto b = static_cast<std::uint8_t>(scales[j]);
             const __m512i h = e4m3x32_to_f16(_mm512_maskz_cvtepu8_epi16(
                 0xFFFFFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + j * block))));
             const __m256i lo = _mm512_maskz_extracti64x4_epi64(0xF, h, 0),

@@ -249,12 +249,15 @@ struct fp8_e4m3_codec {
             out[dim + j] = static_cast<std::byte>(b);
         }
     }
-    static void decode(const std::byte* in, float* out, std::size_t dim) noexcept {
+    static void decode(const std::byte* in, float* out, std::size_t dim) noexcept { decode_split(in, in + dim, out, dim); }
+    /// @brief `decode` of a row whose `dim` codes and `dim / 32` scale bytes are stored apart
+    ///        (DeepSeek checkpoints keep them in two tensors).
+    static void decode_split(const std::byte* in, const std::byte* scales, float* out, std::size_t dim) noexcept {
         // Table lookup times the block scale; exact (products are multiples of 2^-136). A NaN
         // code stays itself, whatever the scale (the NaN of NaN * NaN would depend on the order
         // the compiler puts the operands in; the AVX-512 decode keeps the code's NaN too).
         for (std::size_t j = 0; j < dim / block; ++j) {
-            const float s = detail::ue8m0_value(static_cast<std::uint8_t>(in[dim + j]));
+            const float s = detail::ue8m0_value(static_cast<std::uint8_t>(scales[j]));
             const std::byte* q = in + j * block;
             float* o = out + j * block;
             for (std::size_t i = 0; i < block; ++i) {

@@ -193,7 +193,7 @@ private:
 
 /// The canonical table of a parsed tokenizer.json; `source` names the input in messages.
 inline canonical_table build_table(const tokenizer_parts& parts, const std::string& source,
-                                   tokenizer::table_source* about) {
+                                   tokenizer::table_source* about, std::size_t vocab_size = 0) {
     const json& doc = parts.doc;
     if (!doc.is_object()) throw format_error(source + ": the top level is " + doc.type_name() + ", expected an object");
     const json& model = field(doc, "model", json::value_t::object, "model", source);
@@ -211,6 +211,9 @@ inline canonical_table build_table(const tokenizer_parts& parts, const std::stri
         token_of[*added_ids[i]] = added[i].content;
     }
     if (token_of.empty()) throw format_error(source + ": model.vocab and added_tokens are both empty");
+    // A model's own vocabulary size (DeepSeek-V4.1's `vocab_size`): ids past the tokenizer's
+    // are holes, ids past it are dropped.
+    if (vocab_size != 0) token_of.resize(vocab_size, nullptr);
 
     // The library reads a missing decoder like a null one: no decoder, tokens joined by spaces.
     const auto it = doc.find("decoder");
@@ -236,8 +239,8 @@ inline canonical_table build_table(const tokenizer_parts& parts, const std::stri
 }
 
 inline canonical_table table_from_text(std::string_view json_text, const std::string& source,
-                                       tokenizer::table_source* about) {
-    return build_table(read_for_table(json_text, source), source, about);
+                                       tokenizer::table_source* about, std::size_t vocab_size = 0) {
+    return build_table(read_for_table(json_text, source), source, about, vocab_size);
 }
 
 } // namespace detail::tokenizer_json
@@ -267,6 +270,17 @@ inline canonical_table canonical_table_from_tokenizer_json_text(std::string_view
 inline canonical_table canonical_table_from_tokenizer_json(const std::filesystem::path& file,
                                                            tokenizer::table_source* about = nullptr) {
     return detail::tokenizer_json::table_from_text(detail::tokenizer_json::read_file(file), file.string(), about);
+}
+
+/// @brief The canonical table over raw ids `[0, vocab_size)` exactly (a model's own vocabulary
+///        size, as DeepSeek-V4.1's reference builds it): ids the tokenizer does not name are holes
+///        (they decode to ""), ids at or past `vocab_size` are left out.
+/// @throws config_error for vocab_size 0; otherwise as canonical_table_from_tokenizer_json
+inline canonical_table canonical_table_from_tokenizer_json(const std::filesystem::path& file, std::size_t vocab_size,
+                                                           tokenizer::table_source* about = nullptr) {
+    if (vocab_size == 0) throw config_error(file.string() + ": vocab_size 0 for the canonical table");
+    return detail::tokenizer_json::table_from_text(detail::tokenizer_json::read_file(file), file.string(), about,
+                                                   vocab_size);
 }
 
 ENGRAM_END_NAMESPACE
