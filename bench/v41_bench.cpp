@@ -12,17 +12,20 @@
 //    plain bf16 GEMM (GEMV) of those shapes with the same kernel, for the bf16_dot and f32 weight
 //    formats, on 1 and 2 threads.
 //
-// Usage: bench_v41 [--quick] [--dir DIR] (DIR: where the sparse file goes; default /tmp)
+// Usage: bench_v41 [--quick] [--lookup-only | --layer-only] [--dir DIR] (DIR: where the sparse
+// files go; default /tmp)
 #include <engram/layer/bf16_io.hpp>
 #include <engram/model/deepseek_v41.hpp>
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -37,10 +40,19 @@ namespace {
 namespace v41 = engram::deepseek_v41;
 using clock_type = std::chrono::steady_clock;
 
+long minor_faults() {
+    rusage u{};
+    ::getrusage(RUSAGE_SELF, &u);
+    return u.ru_minflt;
+}
+
 double seconds(const std::function<void()>& f) {
+    const long f0 = minor_faults();
     const auto t0 = clock_type::now();
     f();
-    return std::chrono::duration<double>(clock_type::now() - t0).count();
+    const double t = std::chrono::duration<double>(clock_type::now() - t0).count();
+    if (std::getenv("ENGRAM_BENCH_FAULTS")) std::printf("    (%.3f s, %ld minor faults)\n", t, minor_faults() - f0);
+    return t;
 }
 
 /// The best (smallest) time of `reps` runs of `f`.
@@ -71,29 +83,16 @@ long vm_rss_kib() {
     return -1;
 }
 
-/// V4.1-Flash's Engram configuration (spec deepseek-v41.md section 1).
-v41::config flash_config() {
-    return v41::config::from_json({{"engram_layer_ids", {1, 14}},
-                                   {"engram_num_embeddings", {384006168, 384016682}},
-                                   {"engram_max_ngram_size", 4},
-                                   {"engram_vocab_size", 16000000},
-                                   {"engram_n_heads", 8},
-                                   {"engram_head_dim", 256},
-                                   {"engram_pad_token_id", 2},
-                                   {"engram_compressed_vocab_size", 99092},
-                                   {"rms_norm_eps", 1e-20},
-                                   {"hidden_size", 5120},
-                                   {"hc_mult", 4},
-                                   {"vocab_size", 129280}});
-}
+v41::config flash_config() { return v41::flash_config(); }
 
 /// A safetensors file of `rows` x 256 FP8 codes and `rows` x 8 scale bytes, all holes.
 void write_sparse_table(const std::filesystem::path& path, std::int64_t rows) {
     const std::int64_t codes = rows * 256, scales = rows * 8;
     std::string header = "{\"layers.1.engram.embed.weight\":{\"dtype\":\"F8_E4M3\",\"shape\":[" + std::to_string(rows) +
                          ",256],\"data_offsets\":[0," + std::to_string(codes) +
-                         "]},\"layers.1.engram.embed.scale\":{\"dtype\":\"F8_E8M0\",\"shape\":[" + std::to_string(rows) +
-                         ",8],\"data_offsets\":[" + std::to_string(codes) + "," + std::to_string(codes + scales) + "]}}";
+                         "]},\"layers.1.engram.embed.scale\":{\"dtype\":\"F8_E8M0\",\"shape\":[" +
+                         std::to_string(rows) + ",8],\"data_offsets\":[" + std::to_string(codes) + "," +
+                         std::to_string(codes + scales) + "]}}";
     while ((header.size() + 8) % 4096 != 0) header += ' '; // the rows start on a page
     const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) throw std::runtime_error("cannot create " + path.string());
@@ -118,7 +117,8 @@ void fill_rows(const std::filesystem::path& path, std::uint64_t data, std::int64
         std::uint8_t s[8];
         for (auto& b : s) b = static_cast<std::uint8_t>(118 + rng() % 4);
         const auto at = static_cast<off_t>(data + static_cast<std::uint64_t>(r) * 256);
-        const auto sat = static_cast<off_t>(data + static_cast<std::uint64_t>(rows) * 256 + static_cast<std::uint64_t>(r) * 8);
+        const auto sat =
+            static_cast<off_t>(data + static_cast<std::uint64_t>(rows) * 256 + static_cast<std::uint64_t>(r) * 8);
         if (::pwrite(fd, codes.data(), 256, at) != 256 || ::pwrite(fd, s, 8, sat) != 8)
             throw std::runtime_error("cannot write rows of " + path.string());
     }
@@ -168,63 +168,80 @@ void bench_lookup(const std::filesystem::path& dir, bool quick) {
     write_sparse_table(path, rows);
     const std::uint64_t data = 4096;
     fill_rows(path, data, rows, ids);
-    std::printf("lookup: %s, %.1f GB sparse (%lld rows x 256 FP8 + 8 E8M0), %zu tokens x %zu rows\n",
-                path.c_str(), static_cast<double>(rows) * 264 / 1e9, static_cast<long long>(rows), tokens, heads);
+    std::printf("lookup: %s, %.1f GB sparse (%lld rows x 256 FP8 + 8 E8M0), %zu tokens x %zu rows\n", path.c_str(),
+                static_cast<double>(rows) * 264 / 1e9, static_cast<long long>(rows), tokens, heads);
 
     const long rss0 = vm_rss_kib();
-    long rss_after = 0;
-    const int reps = quick ? 3 : 7;
+    long rss_after = rss0;
+    const int reps = quick ? 4 : 8;
     double t_bf16 = 1e300, t_f32 = 1e300, t_probe = 1e300, t_tok_bf16 = 1e300, t_tok_probe = 1e300;
     const std::size_t batch = 512 * heads;
     std::vector<engram::bfloat16> out16(batch * 256);
     std::vector<float> out32(batch * 256);
     std::vector<std::byte> raw_out(batch * 264);
     for (int rep = 0; rep < reps; ++rep) {
-        // A fresh mapping for each measurement: every one pays the same minor faults.
-        auto timed_gather = [&](auto&& one_batch) {
-            const auto table = engram::fp8_tensor_table::open(path, "layers.1.engram.embed.weight", "layers.1.engram.embed.scale");
-            return seconds([&] {
-                for (std::size_t i = 0; i < ids.size(); i += batch) one_batch(table, i, std::min(batch, ids.size() - i));
-            });
-        };
-        t_bf16 = std::min(t_bf16, timed_gather([&](const auto& t, std::size_t i, std::size_t n) {
-            t.gather(std::span<const engram::row_id>(ids).subspan(i, n), std::span<engram::bfloat16>(out16.data(), n * 256));
-        }));
-        if (rep == 0) rss_after = vm_rss_kib();
-        t_f32 = std::min(t_f32, timed_gather([&](const auto& t, std::size_t i, std::size_t n) {
-            t.gather(std::span<const engram::row_id>(ids).subspan(i, n), std::span<float>(out32.data(), n * 256));
-        }));
-        t_tok_bf16 = std::min(t_tok_bf16, timed_gather([&](const auto& t, std::size_t i, std::size_t n) {
-            for (std::size_t k = i; k < i + n; k += heads)
-                t.gather(std::span<const engram::row_id>(ids).subspan(k, heads),
-                         std::span<engram::bfloat16>(out16.data(), heads * 256));
-        }));
         auto timed_probe = [&](std::size_t step) {
             const auto file = engram::safetensors_file::open(path);
             const fp8_view_t view{file.at("layers.1.engram.embed.weight").bytes.data(),
                                   file.at("layers.1.engram.embed.scale").bytes.data()};
             ::madvise(const_cast<std::byte*>(view.codes) - data, static_cast<std::size_t>(rows) * 264, MADV_RANDOM);
-            return seconds([&] {
-                for (std::size_t i = 0; i < ids.size(); i += step) probe(&view, ids, i, std::min(step, ids.size() - i), raw_out.data());
-            });
+            auto pass = [&] {
+                for (std::size_t i = 0; i < ids.size(); i += step)
+                    probe(&view, ids, i, std::min(step, ids.size() - i), raw_out.data());
+            };
+            if (std::getenv("ENGRAM_BENCH_WARM")) pass();
+            return seconds(pass);
         };
-        t_probe = std::min(t_probe, timed_probe(batch));
-        t_tok_probe = std::min(t_tok_probe, timed_probe(heads));
+        // A fresh mapping for each measurement: every one pays the same minor faults.
+        auto timed_gather = [&](auto&& one_batch) {
+            const auto table =
+                engram::fp8_tensor_table::open(path, "layers.1.engram.embed.weight", "layers.1.engram.embed.scale");
+            auto pass = [&] {
+                for (std::size_t i = 0; i < ids.size(); i += batch)
+                    one_batch(table, i, std::min(batch, ids.size() - i));
+            };
+            if (std::getenv("ENGRAM_BENCH_WARM")) pass();
+            const double t = seconds(pass);
+            rss_after = std::max(rss_after, vm_rss_kib()); // while the table is mapped
+            return t;
+        };
+        if (rep % 2 == 1) { // alternate which runs first
+            t_probe = std::min(t_probe, timed_probe(batch));
+            t_tok_probe = std::min(t_tok_probe, timed_probe(heads));
+        }
+        t_bf16 = std::min(t_bf16, timed_gather([&](const auto& t, std::size_t i, std::size_t n) {
+                              t.gather(std::span<const engram::row_id>(ids).subspan(i, n),
+                                       std::span<engram::bfloat16>(out16.data(), n * 256));
+                          }));
+        t_f32 = std::min(t_f32, timed_gather([&](const auto& t, std::size_t i, std::size_t n) {
+                             t.gather(std::span<const engram::row_id>(ids).subspan(i, n),
+                                      std::span<float>(out32.data(), n * 256));
+                         }));
+        t_tok_bf16 = std::min(t_tok_bf16, timed_gather([&](const auto& t, std::size_t i, std::size_t n) {
+                                  for (std::size_t k = i; k < i + n; k += heads)
+                                      t.gather(std::span<const engram::row_id>(ids).subspan(k, heads),
+                                               std::span<engram::bfloat16>(out16.data(), heads * 256));
+                              }));
+        if (rep % 2 == 0) {
+            t_probe = std::min(t_probe, timed_probe(batch));
+            t_tok_probe = std::min(t_tok_probe, timed_probe(heads));
+        }
     }
     const double n_rows = static_cast<double>(ids.size());
     auto line = [&](const char* what, double t, double probe_t) {
         std::printf("  %-44s %8.2f Mrows/s %7.2f GB/s of rows read   %.3f of the probe\n", what, n_rows / t / 1e6,
                     n_rows * 264 / t / 1e9, probe_t / t);
     };
-    std::printf("  %-44s %8.2f Mrows/s %7.2f GB/s\n", "probe (copy the same 264 B a row, 512 tokens)", n_rows / t_probe / 1e6,
-                n_rows * 264 / t_probe / 1e9);
+    std::printf("  %-44s %8.2f Mrows/s %7.2f GB/s\n", "probe (copy the same 264 B a row, 512 tokens)",
+                n_rows / t_probe / 1e6, n_rows * 264 / t_probe / 1e9);
     line("gather -> bf16, 512 tokens a call", t_bf16, t_probe);
     line("gather -> f32, 512 tokens a call", t_f32, t_probe);
     std::printf("  %-44s %8.2f Mrows/s\n", "probe, one token (24 rows) a call", n_rows / t_tok_probe / 1e6);
     line("gather -> bf16, one token (24 rows) a call", t_tok_bf16, t_tok_probe);
-    std::printf("  VmRSS: %.1f MiB before opening, %.1f MiB after %zu tokens (%zu rows of %.1f GB; %.1f KiB a row touched)\n",
-                rss0 / 1024.0, rss_after / 1024.0, tokens, ids.size(), static_cast<double>(rows) * 264 / 1e9,
-                static_cast<double>(rss_after - rss0) / n_rows);
+    std::printf(
+        "  VmRSS: %.1f MiB before opening, %.1f MiB after %zu tokens (%zu rows of %.1f GB; %.1f KiB a row touched)\n",
+        rss0 / 1024.0, rss_after / 1024.0, tokens, ids.size(), static_cast<double>(rows) * 264 / 1e9,
+        static_cast<double>(rss_after - rss0) / n_rows);
     std::filesystem::remove(path);
 }
 
@@ -265,7 +282,8 @@ void bench_layer(const std::filesystem::path& dir, bool quick) {
     wr.add_bf16("layers.1.engram.k_weight", {4, 5120}, qk);
     w = {};
     v41::tensor_set tensors;
-    tensors.add_all(std::make_shared<const engram::safetensors_file>(engram::safetensors_file::from_bytes(wr.to_bytes())));
+    tensors.add_all(
+        std::make_shared<const engram::safetensors_file>(engram::safetensors_file::from_bytes(wr.to_bytes())));
     tensors.add_all(std::make_shared<const engram::safetensors_file>(engram::safetensors_file::open(path)));
 
     const std::size_t width = 4 * 5120;
@@ -299,8 +317,8 @@ void bench_layer(const std::filesystem::path& dir, bool quick) {
                         engram::kernels::gemm_bf16_dot(packed, strips * c / threads, strips * (c + 1) / threads,
                                                        e16.data(), packed.pairs(), n, p.data(), 25600, nullptr);
                     });
-                engram::kernels::gemm_bf16_dot(packed, 0, strips / threads, e16.data(), packed.pairs(), n, p.data(), 25600,
-                                               nullptr);
+                engram::kernels::gemm_bf16_dot(packed, 0, strips / threads, e16.data(), packed.pairs(), n, p.data(),
+                                               25600, nullptr);
                 for (auto& t : pool) t.join();
             };
             const double g512 = best_of(reps, [&] { gemm(t_long); });
@@ -309,7 +327,8 @@ void bench_layer(const std::filesystem::path& dir, bool quick) {
                         "   (%.0f GFLOP/s)\n",
                         fname, threads, f512 * 1e3, g512 * 1e3, g512 / f512, 2.0 * 512 * 25600 * 6144 / f512 / 1e9);
             if (threads == 1) {
-                const double g1 = best_of(step_reps, [&] { engram::kernels::gemv_bf16_dot(packed, e16.data(), p.data()); });
+                const double g1 =
+                    best_of(step_reps, [&] { engram::kernels::gemv_bf16_dot(packed, e16.data(), p.data()); });
                 auto state = layer->new_decode_state();
                 std::size_t t = 0;
                 const double s1 = best_of(step_reps, [&] {
@@ -332,23 +351,27 @@ void bench_layer(const std::filesystem::path& dir, bool quick) {
 } // namespace
 
 int main(int argc, char** argv) {
-    bool quick = false;
+    bool quick = false, lookup = true, layer = true;
     std::filesystem::path dir = "/tmp";
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--quick")
             quick = true;
+        else if (a == "--lookup-only")
+            layer = false;
+        else if (a == "--layer-only")
+            lookup = false;
         else if (a == "--dir" && i + 1 < argc)
             dir = argv[++i];
         else {
-            std::fprintf(stderr, "usage: bench_v41 [--quick] [--dir DIR]\n");
+            std::fprintf(stderr, "usage: bench_v41 [--quick] [--lookup-only | --layer-only] [--dir DIR]\n");
             return 2;
         }
     }
     std::printf("CPU: %s\n", cpu_line().c_str());
     try {
-        bench_lookup(dir, quick);
-        bench_layer(dir, quick);
+        if (lookup) bench_lookup(dir, quick);
+        if (layer) bench_layer(dir, quick);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_v41: error: %s\n", e.what());
         return 1;

@@ -249,11 +249,12 @@ void run_v41(const std::shared_ptr<const engram::safetensors_file>& file, const 
     std::optional<v41::checkpoint> ck;
     std::int64_t layer_id = 0;
     if (o.checkpoint) {
-        ck = v41::checkpoint::open(*o.checkpoint, {o.token_map ? std::optional<std::filesystem::path>(*o.token_map)
-                                                             : std::nullopt});
+        ck = v41::checkpoint::open(*o.checkpoint,
+                                   {o.token_map ? std::optional<std::filesystem::path>(*o.token_map) : std::nullopt});
         cfg = ck->cfg();
         vocab = ck->vocab();
-        if (!o.layer) throw usage_error("--checkpoint needs --layer L (one of " + v41::config::list_text(cfg.layer_ids) + ")");
+        if (!o.layer)
+            throw usage_error("--checkpoint needs --layer L (one of " + v41::config::list_text(cfg.layer_ids) + ")");
         layer_id = *o.layer;
     } else {
         cfg = v41::config::from_json(read_config(*file));
@@ -269,9 +270,9 @@ void run_v41(const std::shared_ptr<const engram::safetensors_file>& file, const 
     const std::vector<std::int64_t> hidden_shape = {id_shape[0], id_shape[1], cfg.hc, cfg.hidden};
     const engram::tensor_view& h = file->at("hidden_states");
     if (h.type != engram::dtype::bf16 || h.shape != hidden_shape)
-        throw engram::format_error(file->path().string() + ": tensor 'hidden_states' is " +
-                                   std::string(engram::dtype_name(h.type)) + " " + engram::detail::shape_string(h.shape) +
-                                   ", expected BF16 " + engram::detail::shape_string(hidden_shape));
+        throw engram::format_error(
+            file->path().string() + ": tensor 'hidden_states' is " + std::string(engram::dtype_name(h.type)) + " " +
+            engram::detail::shape_string(h.shape) + ", expected BF16 " + engram::detail::shape_string(hidden_shape));
     const auto mask = read_token_mask(*file, id_shape);
     const std::vector<float> hidden = h.to_vector<float>();
     std::vector<float> out(hidden.size());
@@ -280,14 +281,9 @@ void run_v41(const std::shared_ptr<const engram::safetensors_file>& file, const 
         auto layer =
             v41::load_layer<L>(cfg, layer_id, vocab, tensors, o.weights.value_or(engram::weight_format::bf16_dot));
         layer.set_threads(o.threads);
-        const run_inputs<L> in{layer,
-                               ids,
-                               hidden,
-                               out,
-                               static_cast<std::size_t>(id_shape[0]),
-                               static_cast<std::size_t>(id_shape[1]),
-                               o.stream,
-                               mask};
+        const run_inputs<L> in{
+            layer,    ids, hidden, out, static_cast<std::size_t>(id_shape[0]), static_cast<std::size_t>(id_shape[1]),
+            o.stream, mask};
         const auto& table = layer.table();
         if (o.table_path) {
             const auto tf = engram::table_file::open(*o.table_path);
@@ -296,8 +292,9 @@ void run_v41(const std::shared_ptr<const engram::safetensors_file>& file, const 
             source = *o.table_path + " (" + tf.codec() + ")";
         } else if (o.choice.kind == storage_choice::sharded) {
             const auto bounds = engram::shard_bounds_by_rows(table.rows(), std::min(o.choice.shards, table.rows()));
-            run_layer(in, engram::make_sharded_table(std::span<const std::size_t>(bounds),
-                                                     [&](std::size_t first, std::size_t n) { return table.slice(first, n); }));
+            run_layer(in, engram::make_sharded_table(
+                              std::span<const std::size_t>(bounds),
+                              [&](std::size_t first, std::size_t n) { return table.slice(first, n); }));
         } else if (o.choice.kind == storage_choice::cached) {
             run_tier(in, table, o.choice, true);
         } else {

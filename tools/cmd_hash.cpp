@@ -10,6 +10,17 @@ namespace engram_cli {
 
 namespace {
 
+/// hash_ids.layer{L} [B, T, heads], multipliers.layer{L} and primes.layer{L} of one layer.
+void add_layer(engram::safetensors_writer& writer, const engram::layer_layout& layout,
+               const std::vector<std::int64_t>& shape, const std::vector<std::int64_t>& ids) {
+    const std::string suffix = ".layer" + std::to_string(layout.layer_id);
+    writer.add("hash_ids" + suffix, {shape[0], shape[1], static_cast<std::int64_t>(layout.num_heads())}, ids);
+    writer.add("multipliers" + suffix, {static_cast<std::int64_t>(layout.multipliers.size())}, layout.multipliers);
+    writer.add("primes" + suffix,
+               {static_cast<std::int64_t>(layout.orders.size()), static_cast<std::int64_t>(layout.heads_per_order)},
+               layout.primes);
+}
+
 /// DeepSeek-V4.1 (spec deepseek-v41.md section 4): one prime start for all orders, the token
 /// mask's dead positions blocking the hash; row ids of every Engram layer of the config.
 int hash_v41(const engram::safetensors_file& file, const nlohmann::json& config_json, const std::string& output) {
@@ -26,17 +37,12 @@ int hash_v41(const engram::safetensors_file& file, const nlohmann::json& config_
     const auto layouts = cfg.layouts(vocab);
     engram::safetensors_writer writer;
     for (const auto& layout : layouts) {
-        std::vector<engram::row_id> ids(raw.size() * layout.num_heads());
+        std::vector<std::int64_t> ids(raw.size() * layout.num_heads());
         engram::dispatch_orders(layout.orders, [&]<class Orders>(Orders) {
             engram::ngram_hasher<engram::multiply_xor_family, Orders>(layout).rows_tokens(
                 vocab, raw, batch, seq, ids, std::span<const std::uint8_t>(live));
         });
-        const std::string suffix = ".layer" + std::to_string(layout.layer_id);
-        writer.add("hash_ids" + suffix, {shape[0], shape[1], static_cast<std::int64_t>(layout.num_heads())}, ids);
-        writer.add("multipliers" + suffix, {static_cast<std::int64_t>(layout.multipliers.size())}, layout.multipliers);
-        writer.add("primes" + suffix,
-                   {static_cast<std::int64_t>(layout.orders.size()), static_cast<std::int64_t>(layout.heads_per_order)},
-                   layout.primes);
+        add_layer(writer, layout, shape, ids);
     }
     writer.set_metadata("config", config_json.dump());
     writer.set_metadata("format", "deepseek_v41_engram_hash");
@@ -83,12 +89,7 @@ int cmd_hash(const std::vector<std::string>& argv) {
         engram::dispatch_orders(orders, [&]<class Orders>(Orders) {
             engram::ngram_hasher<engram::multiply_xor_family, Orders>(layout).hash(canonical, batch, seq, ids);
         });
-        const std::string suffix = ".layer" + std::to_string(layout.layer_id);
-        writer.add("hash_ids" + suffix, {shape[0], shape[1], static_cast<std::int64_t>(layout.num_heads())}, ids);
-        writer.add("multipliers" + suffix, {static_cast<std::int64_t>(layout.multipliers.size())}, layout.multipliers);
-        writer.add("primes" + suffix,
-                   {static_cast<std::int64_t>(layout.orders.size()), static_cast<std::int64_t>(layout.heads_per_order)},
-                   layout.primes);
+        add_layer(writer, layout, shape, ids);
     }
     auto out_config = config_json;
     out_config["canonical_vocab_size"] = vocab.canonical_size();

@@ -7,9 +7,9 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <optional>
 #include <iomanip>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 namespace engram_cli {
@@ -110,13 +110,13 @@ int inspect_checkpoint(const std::string& dir, const std::optional<std::string>&
               << ", hidden " << c.hidden << " x hc " << c.hc << ", eps " << c.norm_eps << ", pad id " << c.pad_id
               << '\n'
               << "token map: " << ck.vocab_source() << ": V = " << ck.vocab().vocab_size()
-              << ", V' = " << ck.vocab().canonical_size() << " (engram_compressed_vocab_size " << c.compressed_vocab_size
-              << ": ok)\n";
+              << ", V' = " << ck.vocab().canonical_size() << " (engram_compressed_vocab_size "
+              << c.compressed_vocab_size << ": ok)\n";
     for (const auto& l : ck.layers())
         std::cout << "layer " << l.id << ": " << l.rows << " rows x " << l.dim << ", " << l.codec << ", "
-                  << bytes_text(static_cast<std::size_t>(l.bytes)) << " in " << l.shard
-                  << " (served in place); wkv " << c.hidden * (c.hc + 1) << " x "
-                  << (c.max_ngram - 1) * c.n_heads * c.head_dim << " fp8, 32x32 block scales\n";
+                  << bytes_text(static_cast<std::size_t>(l.bytes)) << " in " << l.shard << " (served in place); wkv "
+                  << c.hidden * (c.hc + 1) << " x " << (c.max_ngram - 1) * c.n_heads * c.head_dim
+                  << " fp8, 32x32 block scales\n";
     return 0;
 }
 
@@ -187,10 +187,10 @@ int cmd_inspect(const std::vector<std::string>& argv) {
     return 0;
 }
 
-const registration reg_cmd_inspect{
-    {"inspect",
-     "inspect FILE|DIR                                   readable summary of a case, table or checkpoint file or V4.1 checkpoint directory",
-     &cmd_inspect}};
+const registration reg_cmd_inspect{{"inspect",
+                                    "inspect FILE|DIR                                   readable summary of a case, "
+                                    "table or checkpoint file or V4.1 checkpoint directory",
+                                    &cmd_inspect}};
 
 } // namespace
 

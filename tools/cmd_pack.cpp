@@ -151,8 +151,8 @@ struct pack_args {
     bool codec_given = false;
     std::size_t shards = 1;
     bool help = false;
-    std::optional<std::int64_t> layer;        ///< DeepSeek-V4.1: the Engram layer to pack
-    std::optional<std::string> token_map;     ///< DeepSeek-V4.1: instead of tokenizer.json
+    std::optional<std::int64_t> layer;    ///< DeepSeek-V4.1: the Engram layer to pack
+    std::optional<std::string> token_map; ///< DeepSeek-V4.1: instead of tokenizer.json
 };
 
 /// `--name VALUE` or `--name=VALUE`: the value, advancing `i` past it.

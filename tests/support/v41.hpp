@@ -19,6 +19,7 @@
 #include <set>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace v41_test {
@@ -59,6 +60,7 @@ inline std::uint16_t bf16_bits(double x) {
     const float f = static_cast<float>(x);
     const auto u = std::bit_cast<std::uint32_t>(f);
     if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40u);
+    if ((u & 0x7FFFFFFFu) == 0x7F800000u) return static_cast<std::uint16_t>(u >> 16); // overflowed float: infinity
     // round to nearest even on the float (x is compared exactly below)
     std::uint32_t lo = u & 0xFFFF0000u, hi = lo + 0x10000u;
     const double dl = std::fabs(static_cast<double>(std::bit_cast<float>(lo)) - x);
@@ -84,8 +86,8 @@ inline bool is_prime(std::int64_t n) {
 
 /// Spec section 4: for each layer, order and head, the smallest untaken prime above the
 /// candidate, which restarts at start - 1 for every (layer, order). [layer][order][head].
-inline std::vector<std::vector<std::vector<std::int64_t>>> primes(const std::vector<std::int64_t>& layers, int n,
-                                                                   int k, std::int64_t start) {
+inline std::vector<std::vector<std::vector<std::int64_t>>> primes(const std::vector<std::int64_t>& layers, int n, int k,
+                                                                  std::int64_t start) {
     std::set<std::int64_t> taken;
     std::vector<std::vector<std::vector<std::int64_t>>> out;
     for (std::size_t l = 0; l < layers.size(); ++l) {
@@ -196,7 +198,8 @@ inline std::vector<std::uint16_t> forward_token(const layer_tensors& t, const st
     for (std::size_t j = 0; j < in; j += 32) {
         double amax = 1e-4;
         for (std::size_t i = j; i < j + 32 && i < in; ++i) amax = std::max(amax, std::fabs(e[i]));
-        const double scale = std::ldexp(1.0, static_cast<int>(std::ceil(std::log2(static_cast<double>(static_cast<float>(amax)) / 448.0))));
+        const double scale = std::ldexp(
+            1.0, static_cast<int>(std::ceil(std::log2(static_cast<double>(static_cast<float>(amax)) / 448.0))));
         for (std::size_t i = j; i < j + 32 && i < in; ++i)
             e[i] = round_e4m3(std::clamp(e[i] / scale, -448.0, 448.0)) * scale;
     }
@@ -217,7 +220,8 @@ inline std::vector<std::uint16_t> forward_token(const layer_tensors& t, const st
         double hh = 0, kk = 0, dot = 0;
         for (std::size_t c = 0; c < dim; ++c) {
             const double hv = bf16_value(h[c]);
-            const double w = static_cast<double>(static_cast<float>(bf16_value(t.q[j * dim + c]) * bf16_value(t.k[j * dim + c])));
+            const double w =
+                static_cast<double>(static_cast<float>(bf16_value(t.q[j * dim + c]) * bf16_value(t.k[j * dim + c])));
             hh += hv * hv;
             kk += key[c] * key[c];
             dot += hv * w * key[c];
@@ -234,6 +238,17 @@ inline std::vector<std::uint16_t> forward_token(const layer_tensors& t, const st
 }
 
 // ---- a scaled-down checkpoint directory ----------------------------------------------------
+
+/// A config in inference/config.json's names (engram_pad_id, dim, norm_eps).
+inline nlohmann::json inference_dialect(nlohmann::json j) {
+    for (const auto& [hf, inference] : {std::pair<const char*, const char*>{"engram_pad_token_id", "engram_pad_id"},
+                                        {"hidden_size", "dim"},
+                                        {"rms_norm_eps", "norm_eps"}}) {
+        j[inference] = j[hf];
+        j.erase(hf);
+    }
+    return j;
+}
 
 /// What `write_checkpoint` puts in the directory.
 struct checkpoint_spec {
@@ -307,10 +322,10 @@ inline void write_checkpoint(const fs::path& dir, const checkpoint_spec& spec) {
             for (const char* n : {"wkv.weight", "wkv.scale", "q_weight", "k_weight"}) dense.add(golden.at(p + n));
             for (const char* n : {"embed.weight", "embed.scale"}) tables.add(golden.at(p + n));
         } else {
-            add_random_layer(dense, ids[l], rows[l], hd, dim * (hc + 1), in, hc, dim, 100 + static_cast<std::uint64_t>(l),
-                             false, true);
-            add_random_layer(tables, ids[l], rows[l], hd, dim * (hc + 1), in, hc, dim, 200 + static_cast<std::uint64_t>(l),
-                             true, false);
+            add_random_layer(dense, ids[l], rows[l], hd, dim * (hc + 1), in, hc, dim,
+                             100 + static_cast<std::uint64_t>(l), false, true);
+            add_random_layer(tables, ids[l], rows[l], hd, dim * (hc + 1), in, hc, dim,
+                             200 + static_cast<std::uint64_t>(l), true, false);
         }
         for (const char* n : {"wkv.weight", "wkv.scale", "q_weight", "k_weight"})
             weight_map[p + n] = "model-00001-of-00002.safetensors";
@@ -321,13 +336,7 @@ inline void write_checkpoint(const fs::path& dir, const checkpoint_spec& spec) {
     nlohmann::json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", weight_map}};
     std::ofstream(dir / "model.safetensors.index.json") << index.dump(2);
     if (spec.inference_dialect) {
-        nlohmann::json j = cfg;
-        j["engram_pad_id"] = j["engram_pad_token_id"];
-        j.erase("engram_pad_token_id");
-        j["dim"] = j["hidden_size"];
-        j.erase("hidden_size");
-        j["norm_eps"] = j["rms_norm_eps"];
-        j.erase("rms_norm_eps");
+        const nlohmann::json j = inference_dialect(cfg);
         fs::create_directories(dir / "inference");
         std::ofstream(dir / "inference" / "config.json") << j.dump(2);
         std::ofstream(dir / "config.json") << nlohmann::json{{"model_type", "deepseek_v41"}}.dump(2);
@@ -338,7 +347,8 @@ inline void write_checkpoint(const fs::path& dir, const checkpoint_spec& spec) {
                               {"text_config", cfg}};
         std::ofstream(dir / "config.json") << top.dump(2);
     }
-    if (!spec.tokenizer.empty()) fs::copy_file(spec.tokenizer, dir / "tokenizer.json", fs::copy_options::overwrite_existing);
+    if (!spec.tokenizer.empty())
+        fs::copy_file(spec.tokenizer, dir / "tokenizer.json", fs::copy_options::overwrite_existing);
 }
 
 /// The golden case's config (HF text_config keys plus layer_id).

@@ -223,7 +223,11 @@ TEST_CASE("bad input table: engram inspect", "[cli][bad_input]") {
     w.write(work_dir() / "bad_config.safetensors");
     const std::vector<bad_run> rows = {
         {"missing file", "inspect " + q(work_dir() / "gone.safetensors"), 1, "gone.safetensors", {}},
-        {"a directory that is not a checkpoint", "inspect " + q(work_dir()), 1, "is a directory but not a checkpoint", {}},
+        {"a directory that is not a checkpoint",
+         "inspect " + q(work_dir()),
+         1,
+         "is a directory but not a checkpoint",
+         {}},
         {"truncated",
          "inspect " + q(truncated(data("forward_small.safetensors"), "i_cut.safetensors", 100000)),
          1,

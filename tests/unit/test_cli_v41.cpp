@@ -85,8 +85,8 @@ TEST_CASE("engram hash and forward on the golden V4.1 case", "[cli][v41]") {
         CHECK(h.at("primes.layer1").to_vector<std::int64_t>() ==
               std::vector<std::int64_t>{503, 509, 521, 523, 541, 547, 557, 563, 569});
     }
-    for (const std::string opts : {"", "--stream", "--storage cached:64K", "--storage sharded:3 --stream",
-                                   "--weights f32 --threads 2"}) {
+    for (const std::string opts :
+         {"", "--stream", "--storage cached:64K", "--storage sharded:3 --stream", "--weights f32 --threads 2"}) {
         INFO(opts);
         const auto out = work_dir() / "out.safetensors";
         r = run("forward " + q(golden) + " -o " + q(out) + " " + opts);
@@ -105,14 +105,7 @@ TEST_CASE("engram hash and forward on the golden V4.1 case", "[cli][v41]") {
         check_output(out);
     }
     // inference/config.json's dialect in the case's metadata.
-    auto cfg = v41_test::golden_config();
-    cfg["engram_pad_id"] = cfg["engram_pad_token_id"];
-    cfg.erase("engram_pad_token_id");
-    cfg["dim"] = cfg["hidden_size"];
-    cfg.erase("hidden_size");
-    cfg["norm_eps"] = cfg["rms_norm_eps"];
-    cfg.erase("rms_norm_eps");
-    const auto dialect = case_with("dialect.safetensors", cfg);
+    const auto dialect = case_with("dialect.safetensors", v41_test::inference_dialect(v41_test::golden_config()));
     const auto out = work_dir() / "out_dialect.safetensors";
     REQUIRE(run("forward " + q(dialect) + " -o " + q(out)).code == 0);
     check_output(out);
@@ -126,8 +119,8 @@ TEST_CASE("engram inspect, forward and pack on a V4.1 checkpoint directory", "[c
     fs::remove_all(dir);
     v41_test::write_checkpoint(dir, {cfg, {}, false});
     const auto map = work_dir() / "token_map.safetensors";
-    engram::save_canonical_table(engram::load_canonical_table(engram::safetensors_file::open(v41_test::golden_case_path())),
-                                 map);
+    engram::save_canonical_table(
+        engram::load_canonical_table(engram::safetensors_file::open(v41_test::golden_case_path())), map);
     auto r = run("inspect " + q(dir) + " --token-map " + q(map));
     REQUIRE(r.code == 0);
     CHECK(r.out.find("layer 1: 4833 rows x 256") != std::string::npos);
@@ -155,12 +148,13 @@ TEST_CASE("engram inspect, forward and pack on a V4.1 checkpoint directory", "[c
     const auto dir_no_hc = work_dir() / "ckpt_no_hc";
     fs::remove_all(dir_no_hc);
     v41_test::write_checkpoint(dir_no_hc, {no_hc, {}, false});
-    const auto wrong_dtype = case_with("wrong_dtype.safetensors", v41_test::golden_config(), [](auto& w, const auto& t) {
-        if (t.name == "hidden_states")
-            w.add(t.name, engram::dtype::f16, t.shape, t.bytes);
-        else
-            w.add(t);
-    });
+    const auto wrong_dtype =
+        case_with("wrong_dtype.safetensors", v41_test::golden_config(), [](auto& w, const auto& t) {
+            if (t.name == "hidden_states")
+                w.add(t.name, engram::dtype::f16, t.shape, t.bytes);
+            else
+                w.add(t);
+        });
     const auto no_wkv = case_with("no_wkv.safetensors", v41_test::golden_config(), [](auto& w, const auto& t) {
         if (t.name != "layers.1.engram.wkv.scale") w.add(t);
     });

@@ -2,8 +2,8 @@
 // (tests/support/v41.hpp) and the golden case: real constants, row ids, dequantised rows,
 // outputs, masked tokens, decode (chunks, steps, rollback, seed), the in-place row table behind
 // a cache, shards and the prefetcher, and checkpoint directories in the released layout.
-#include "support/catch.hpp"
 #include "support/bad_input.hpp"
+#include "support/catch.hpp"
 #include "support/thrown.hpp"
 #include "support/v41.hpp"
 
@@ -124,8 +124,7 @@ std::vector<std::uint16_t> oracle_output(const golden_case& g, const std::vector
 /// The oracle's row ids of the golden inputs (multipliers from the layer, primes its own).
 std::vector<std::int64_t> oracle_rows(const golden_case& g, const std::vector<std::int64_t>& mult) {
     const auto primes = v41_test::primes(g.cfg.layer_ids, g.cfg.max_ngram, g.cfg.n_heads, g.cfg.prime_start);
-    return v41_test::row_ids(lookup_of(g.vocab), g.raw, g.mask, g.batch, g.seq, mult, primes[0],
-                             g.vocab(g.cfg.pad_id));
+    return v41_test::row_ids(lookup_of(g.vocab), g.raw, g.mask, g.batch, g.seq, mult, primes[0], g.vocab(g.cfg.pad_id));
 }
 
 v41::layer_type golden_layer(engram::weight_format f = engram::weight_format::bf16_dot) {
@@ -152,16 +151,23 @@ TEST_CASE("V4.1-Flash's real constants: multipliers, 48 consecutive primes, tabl
                               {"image_token_id", 129264}};
     const auto cfg = v41::config::from_json(j);
     CHECK(cfg.image_token_id == 129264);
+    const auto lib = v41::flash_config(); // the library's copy of the released values
+    CHECK(lib.num_embeddings == cfg.num_embeddings);
+    CHECK(lib.layer_ids == cfg.layer_ids);
+    CHECK((lib.prime_start == cfg.prime_start && lib.compressed_vocab_size == cfg.compressed_vocab_size &&
+           lib.hidden == cfg.hidden && lib.hc == cfg.hc && lib.vocab_size == cfg.vocab_size &&
+           lib.n_heads == cfg.n_heads && lib.head_dim == cfg.head_dim && lib.max_ngram == cfg.max_ngram &&
+           lib.pad_id == cfg.pad_id && lib.norm_eps == cfg.norm_eps));
     // A token map with V = 129280 and V' = 99092 (which raw id maps where does not matter here).
     std::vector<token_id> lookup(129280);
     for (std::size_t i = 0; i < lookup.size(); ++i) lookup[i] = static_cast<token_id>(i % 99092);
     const auto vocab = engram::canonical_table::from_lookup(lookup);
     const auto layouts = cfg.layouts(vocab); // throws unless the primes sum to engram_num_embeddings
     REQUIRE(layouts.size() == 2);
-    CHECK(layouts[0].multipliers == std::vector<std::int64_t>{76632096046245, 4839876093313, 35959672319349,
-                                                              73987337458391});
-    CHECK(layouts[1].multipliers == std::vector<std::int64_t>{67716810739261, 51510806800915, 30921347202721,
-                                                              82619226485591});
+    CHECK(layouts[0].multipliers ==
+          std::vector<std::int64_t>{76632096046245, 4839876093313, 35959672319349, 73987337458391});
+    CHECK(layouts[1].multipliers ==
+          std::vector<std::int64_t>{67716810739261, 51510806800915, 30921347202721, 82619226485591});
     const auto oracle = v41_test::primes({1, 14}, 4, 8, 16000000);
     std::vector<std::int64_t> all;
     for (std::size_t l = 0; l < 2; ++l) {
@@ -193,8 +199,8 @@ TEST_CASE("V4.1-Flash's real constants: multipliers, 48 consecutive primes, tabl
         v41::layer_type::hasher_type hasher(layouts[l]);
         std::vector<row_id> ours(batch * seq * 24);
         hasher.rows_tokens(vocab, raw, batch, seq, ours, std::span<const std::uint8_t>(mask));
-        const auto ref = v41_test::row_ids(lookup_of(vocab), raw, mask, batch, seq, layouts[l].multipliers, oracle[l],
-                                           vocab(2));
+        const auto ref =
+            v41_test::row_ids(lookup_of(vocab), raw, mask, batch, seq, layouts[l].multipliers, oracle[l], vocab(2));
         CHECK(same_bits(std::vector<std::int64_t>(ours.begin(), ours.end()), ref));
     }
     CHECK(contains(thrown_message<engram::config_error>([&] {
@@ -230,8 +236,8 @@ TEST_CASE("golden case: row ids, dequantised rows, outputs and masked tokens", "
     std::size_t wrong = 0;
     for (std::size_t r = 0; r < all.size(); ++r)
         for (std::size_t i = 0; i < table.dim(); ++i) {
-            const std::uint16_t want =
-                v41_test::bf16_bits(v41_test::row_value(g.layer, static_cast<std::int64_t>(r), static_cast<std::int64_t>(i)));
+            const std::uint16_t want = v41_test::bf16_bits(
+                v41_test::row_value(g.layer, static_cast<std::int64_t>(r), static_cast<std::int64_t>(i)));
             wrong += rows16[r * table.dim() + i].bits != want;
             wrong += bfloat16::from_float(rows32[r * table.dim() + i]).bits != want;
         }
@@ -258,19 +264,59 @@ TEST_CASE("golden case: row ids, dequantised rows, outputs and masked tokens", "
     }
 }
 
+TEST_CASE("row dequantisation at the edges: tiny scales round to bf16, scale 255 is NaN", "[v41][storage]") {
+    // 6 rows x 64 values; each row's two blocks get scale bytes from the edges of the range.
+    const std::uint8_t block_scales[6][2] = {{0, 1}, {2, 3}, {127, 246}, {247, 254}, {255, 120}, {4, 130}};
+    v41_test::layer_tensors ref;
+    ref.rows = 6;
+    ref.head_dim = 64;
+    std::mt19937 rng(12);
+    for (std::size_t i = 0; i < 6 * 64; ++i) ref.embed.push_back(static_cast<std::uint8_t>(rng()));
+    for (auto& r : block_scales) ref.embed_scale.insert(ref.embed_scale.end(), {r[0], r[1]});
+    const engram::fp8_tensor_table t(nullptr, reinterpret_cast<const std::byte*>(ref.embed.data()),
+                                     reinterpret_cast<const std::byte*>(ref.embed_scale.data()), 6, 64);
+    const std::vector<row_id> ids = {0, 1, 2, 3, 4, 5, 3, 0};
+    std::vector<bfloat16> b(ids.size() * 64);
+    std::vector<float> f(ids.size() * 64);
+    t.gather(ids, std::span<bfloat16>(b));
+    t.gather(ids, std::span<float>(f));
+    std::size_t wrong = 0;
+    for (std::size_t i = 0; i < ids.size(); ++i)
+        for (std::int64_t k = 0; k < 64; ++k) {
+            const double want = v41_test::row_value(ref, ids[i], k);
+            const std::uint16_t bits = v41_test::bf16_bits(want);
+            const auto& got = b[i * 64 + static_cast<std::size_t>(k)];
+            const float got32 = f[i * 64 + static_cast<std::size_t>(k)];
+            if (std::isnan(want)) {
+                const bool bad = !std::isnan(got.to_float()) || !std::isnan(got32);
+                if (bad && wrong < 5)
+                    WARN("row " << ids[i] << " value " << k << ": want NaN, bf16 " << got.bits << ", f32 " << got32);
+                wrong += bad;
+            } else {
+                const bool bad = got.bits != bits || static_cast<double>(got32) != v41_test::bf16_value(bits);
+                if (bad && wrong < 5)
+                    WARN("row " << ids[i] << " value " << k << ": want " << want << " (" << bits << "), bf16 "
+                                << got.bits << ", f32 " << got32);
+                wrong += bad;
+            }
+        }
+    CHECK(wrong == 0);
+}
+
 TEST_CASE("act_quant and the copysign gate follow the spec", "[v41]") {
     // act_quant: 2^ceil(log2(amax / 448)) scales; amax floored at 1e-4; values rounded to E4M3.
     std::vector<float> e(64), q(64);
     std::mt19937 rng(9);
     std::normal_distribution<float> nd;
     for (auto& v : e) v = nd(rng);
-    e[3] = 448.0f * 0.25f; // amax exactly 448 * 2^-2: scale 2^-2
+    e[3] = 448.0f * 0.25f;                                                      // amax exactly 448 * 2^-2: scale 2^-2
     for (std::size_t i = 32; i < 64; ++i) e[i] = 1e-7f * static_cast<float>(i); // below the 1e-4 floor
     engram::fp8_block_projection::prepare(e.data(), q.data(), e.size());
     for (std::size_t j = 0; j < 64; j += 32) {
         double amax = 1e-4;
         for (std::size_t i = j; i < j + 32; ++i) amax = std::max(amax, static_cast<double>(std::fabs(e[i])));
-        const double s = std::ldexp(1.0, static_cast<int>(std::ceil(std::log2(static_cast<double>(static_cast<float>(amax)) / 448.0))));
+        const double s = std::ldexp(
+            1.0, static_cast<int>(std::ceil(std::log2(static_cast<double>(static_cast<float>(amax)) / 448.0))));
         for (std::size_t i = j; i < j + 32; ++i)
             CHECK(q[i] == static_cast<float>(v41_test::round_e4m3(std::clamp(e[i] / s, -448.0, 448.0)) * s));
     }
@@ -332,8 +378,8 @@ TEST_CASE("decode: chunked prefill, steps, rollback and a seeded state give the 
             auto seeded = layer.new_decode_state();
             seeded.seed(raw.subspan(cut - 3, 3), mask.subspan(cut - 3, 3));
             std::vector<bfloat16> rest((g.seq - cut) * width);
-            engram::extend_bf16(layer, seeded, raw.subspan(cut), hid.subspan(cut * width),
-                                std::span<bfloat16>(rest), mask.subspan(cut));
+            engram::extend_bf16(layer, seeded, raw.subspan(cut), hid.subspan(cut * width), std::span<bfloat16>(rest),
+                                mask.subspan(cut));
             CHECK(std::memcmp(rest.data(), want.data() + cut * width, rest.size() * 2) == 0);
         }
     }
@@ -364,12 +410,11 @@ TEST_CASE("the in-place table behind a cache, sharded by row range and through t
     const auto want = gathered(dense); // every scale byte of the case is >= 3: no bf16 rounding
     CHECK(same_bits(gathered(table), want));
     const auto bounds = engram::shard_bounds_by_rows(table.rows(), 3);
-    const auto sharded = engram::make_sharded_table(std::span<const std::size_t>(bounds), [&](std::size_t first, std::size_t n) {
-        return table.slice(first, n);
-    });
+    const auto sharded = engram::make_sharded_table(
+        std::span<const std::size_t>(bounds), [&](std::size_t first, std::size_t n) { return table.slice(first, n); });
     CHECK(same_bits(gathered(sharded), want));
     const engram::cached_table<engram::fp8_tensor_table> cached(std::make_shared<engram::fp8_tensor_table>(table),
-                                                                 std::size_t{256} << 10);
+                                                                std::size_t{256} << 10);
     CHECK(same_bits(gathered(cached), want));
     CHECK(same_bits(gathered(cached), want));
     CHECK(cached.hits() > 0);
@@ -468,8 +513,8 @@ TEST_CASE("checkpoint directories in the released layout", "[v41][checkpoint]") 
                                            lookup[static_cast<std::size_t>(ck.cfg().pad_id)]);
         std::vector<std::uint16_t> want;
         for (std::size_t t = 0; t < g.seq; ++t) {
-            const auto o = v41_test::forward_token(g.layer, ids.data() + t * 9, 9,
-                                                   bits_of(hid).data() + t * width, mask[t] != 0, ck.cfg().norm_eps);
+            const auto o = v41_test::forward_token(g.layer, ids.data() + t * 9, 9, bits_of(hid).data() + t * width,
+                                                   mask[t] != 0, ck.cfg().norm_eps);
             want.insert(want.end(), o.begin(), o.end());
         }
         check_close(out, want);
@@ -504,11 +549,14 @@ TEST_CASE("checkpoint and loader errors: one line naming what is wrong", "[v41][
         v41_test::write_checkpoint(dir, {c, {}, false});
         return dir;
     };
-    auto open = [&](const fs::path& dir) { return [dir, token_map] { (void)v41::checkpoint::open(dir, {token_map}); }; };
+    auto open = [&](const fs::path& dir) {
+        return [dir, token_map] { (void)v41::checkpoint::open(dir, {token_map}); };
+    };
     const auto good = dir_with("good", cfg);
     auto rewrite_shard = [&](const std::string& name, auto&& edit) {
         const auto dir = engram_test::fresh_subdir(root, name);
-        for (const auto& e : fs::directory_iterator(good)) fs::copy(e.path(), dir / e.path().filename(), fs::copy_options::recursive);
+        for (const auto& e : fs::directory_iterator(good))
+            fs::copy(e.path(), dir / e.path().filename(), fs::copy_options::recursive);
         const auto shard = dir / "model-00002-of-00002.safetensors";
         engram::safetensors_writer w;
         {

@@ -90,10 +90,11 @@ std::vector<std::byte> byte_pattern(std::size_t n, unsigned seed) {
 TEST_CASE("dtype names, sizes and parsing", "[safetensors]") {
     using engram::dtype;
     const std::pair<dtype, const char*> names[] = {
-        {dtype::f64, "F64"},      {dtype::f32, "F32"},         {dtype::f16, "F16"},        {dtype::bf16, "BF16"},
-        {dtype::i64, "I64"},      {dtype::i32, "I32"},         {dtype::i16, "I16"},        {dtype::i8, "I8"},
-        {dtype::u8, "U8"},        {dtype::u16, "U16"},         {dtype::u32, "U32"},        {dtype::u64, "U64"},
-        {dtype::boolean, "BOOL"}, {dtype::f8_e4m3, "F8_E4M3"}, {dtype::f8_e5m2, "F8_E5M2"},
+        {dtype::f64, "F64"},        {dtype::f32, "F32"},         {dtype::f16, "F16"},
+        {dtype::bf16, "BF16"},      {dtype::i64, "I64"},         {dtype::i32, "I32"},
+        {dtype::i16, "I16"},        {dtype::i8, "I8"},           {dtype::u8, "U8"},
+        {dtype::u16, "U16"},        {dtype::u32, "U32"},         {dtype::u64, "U64"},
+        {dtype::boolean, "BOOL"},   {dtype::f8_e4m3, "F8_E4M3"}, {dtype::f8_e5m2, "F8_E5M2"},
         {dtype::f8_e8m0, "F8_E8M0"}};
     for (const auto& [d, n] : names) {
         CHECK(engram::dtype_name(d) == n);
@@ -258,10 +259,9 @@ TEST_CASE("f16 and bf16 conversion", "[safetensors]") {
 
 TEST_CASE("writer -> reader round trip for every dtype", "[safetensors]") {
     using engram::dtype;
-    const dtype all[] = {dtype::f64, dtype::f32, dtype::f16,     dtype::bf16,    dtype::i64,
-                         dtype::i32, dtype::i16, dtype::i8,      dtype::u8,      dtype::u16,
-                         dtype::u32, dtype::u64, dtype::boolean, dtype::f8_e4m3, dtype::f8_e5m2,
-                         dtype::f8_e8m0};
+    const dtype all[] = {dtype::f64,     dtype::f32,     dtype::f16,     dtype::bf16,   dtype::i64, dtype::i32,
+                         dtype::i16,     dtype::i8,      dtype::u8,      dtype::u16,    dtype::u32, dtype::u64,
+                         dtype::boolean, dtype::f8_e4m3, dtype::f8_e5m2, dtype::f8_e8m0};
     engram::safetensors_writer w;
     std::vector<std::vector<std::byte>> payloads;
     unsigned seed = 0;

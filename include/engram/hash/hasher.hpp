@@ -307,9 +307,8 @@ private:
 
     /// Each run of live positions is hashed as a sequence of its own (a dead position restarts
     /// the context like a sequence start); dead positions get the all-pad window's rows.
-    void run_masked(const canonical_table& vocab, std::span<const token_id> raw, std::size_t batch,
-                    std::size_t seq_len, std::span<std::int64_t> out, std::span<const std::uint8_t> token_mask,
-                    bool add_offsets) const {
+    void run_masked(const canonical_table& vocab, std::span<const token_id> raw, std::size_t batch, std::size_t seq_len,
+                    std::span<std::int64_t> out, std::span<const std::uint8_t> token_mask, bool add_offsets) const {
         check_vocab(vocab);
         check_shapes(raw.size(), batch, seq_len, out.size());
         if (token_mask.size() != raw.size())

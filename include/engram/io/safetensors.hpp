@@ -111,10 +111,9 @@ inline std::string_view dtype_name(dtype type) noexcept {
 
 namespace detail {
 
-inline constexpr dtype all_dtypes[] = {dtype::f64, dtype::f32, dtype::f16,     dtype::bf16,    dtype::i64,
-                                       dtype::i32, dtype::i16, dtype::i8,      dtype::u8,      dtype::u16,
-                                       dtype::u32, dtype::u64, dtype::boolean, dtype::f8_e4m3, dtype::f8_e5m2,
-                                       dtype::f8_e8m0};
+inline constexpr dtype all_dtypes[] = {
+    dtype::f64, dtype::f32, dtype::f16, dtype::bf16, dtype::i64,     dtype::i32,     dtype::i16,     dtype::i8,
+    dtype::u8,  dtype::u16, dtype::u32, dtype::u64,  dtype::boolean, dtype::f8_e4m3, dtype::f8_e5m2, dtype::f8_e8m0};
 
 /// Non-throwing parse used by the reader, which adds the file and tensor to the message.
 inline bool try_parse_dtype(std::string_view text, dtype& out) noexcept {

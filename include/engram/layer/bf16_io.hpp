@@ -67,18 +67,16 @@ template <class Layer>
 void extend_bf16(const Layer& layer, typename Layer::decode_state& state, std::span<const token_id> raw,
                  std::span<const bfloat16> hidden, std::span<bfloat16> out,
                  std::span<const std::uint8_t> token_mask = {}) {
-    detail::with_float_io(hidden, out, [&](std::span<const float> h, std::span<float> o) {
-        layer.extend(state, raw, h, o, token_mask);
-    });
+    detail::with_float_io(
+        hidden, out, [&](std::span<const float> h, std::span<float> o) { layer.extend(state, raw, h, o, token_mask); });
 }
 
 /// @brief `layer.decode_step` on one token's bf16 hidden states `[M, H]`.
 template <class Layer>
 void decode_step_bf16(const Layer& layer, typename Layer::decode_state& state, token_id raw,
                       std::span<const bfloat16> hidden, std::span<bfloat16> out, bool keep = true) {
-    detail::with_float_io(hidden, out, [&](std::span<const float> h, std::span<float> o) {
-        layer.decode_step(state, raw, h, o, keep);
-    });
+    detail::with_float_io(
+        hidden, out, [&](std::span<const float> h, std::span<float> o) { layer.decode_step(state, raw, h, o, keep); });
 }
 
 ENGRAM_END_NAMESPACE

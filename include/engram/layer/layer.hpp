@@ -102,8 +102,7 @@ public:
                   "Policies::row_type must be float, bfloat16 or an engram::row_codec");
     static_assert(gate_policy<gate_type>, "Policies::gate_type must model engram::gate_policy");
     static_assert(fusion_policy<fusion_type>, "Policies::fusion_type must model engram::fusion_policy");
-    static_assert(projection_policy<projection_type>,
-                  "Policies::projection_type must model engram::projection_policy");
+    static_assert(projection_policy<projection_type>, "Policies::projection_type must model engram::projection_policy");
     /// Whether the token mask also marks positions dead for the hash (masked_production_fusion).
     static constexpr bool mask_blocks_hash = mask_blocks_hash_v<fusion_type>;
     static_assert(std::is_same_v<backend_type, host_backend>,
@@ -399,8 +398,8 @@ public:
     ///        the state's context; the reference fusion runs it step by step. On an error the
     ///        state is unchanged.
     /// @param token_mask optional `[T]`, as for `forward`.
-    void extend(decode_state& state, std::span<const token_id> raw, std::span<const float> hidden,
-                std::span<float> out, std::span<const std::uint8_t> token_mask = {}) const {
+    void extend(decode_state& state, std::span<const token_id> raw, std::span<const float> hidden, std::span<float> out,
+                std::span<const std::uint8_t> token_mask = {}) const {
         if (state.position() == 0) return prefill(state, raw, hidden, out, token_mask);
         check_chunk(raw.size(), hidden.size(), out.size(), "extend");
         const std::size_t mh = branch_width();
@@ -786,7 +785,8 @@ private:
         if constexpr (projection_type::transforms_output) {
             const auto rows = static_cast<std::size_t>(proj_rows());
             const std::size_t nr = std::min(static_cast<std::size_t>(panel_rows), rows - static_cast<std::size_t>(r0));
-            for (std::size_t i = 0; i < n; ++i) projection_type::finish(p + i * rows + static_cast<std::size_t>(r0), nr);
+            for (std::size_t i = 0; i < n; ++i)
+                projection_type::finish(p + i * rows + static_cast<std::size_t>(r0), nr);
         }
     }
 

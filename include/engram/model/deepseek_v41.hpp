@@ -84,7 +84,8 @@ struct config {
         config c;
         c.layer_ids = json_field::integer_list(t, "engram_layer_ids");
         c.num_embeddings = json_field::integer_list(t, "engram_num_embeddings");
-        c.max_ngram = static_cast<int>(json_field::integer(t, "engram_max_ngram_size", 2, hash_config::max_supported_ngram));
+        c.max_ngram =
+            static_cast<int>(json_field::integer(t, "engram_max_ngram_size", 2, hash_config::max_supported_ngram));
         c.prime_start = json_field::integer(t, "engram_vocab_size", 1, hash_config::max_table_size);
         c.n_heads = static_cast<int>(json_field::integer(t, "engram_n_heads", 1, 4096));
         c.head_dim = json_field::integer(t, "engram_head_dim", 1, std::int64_t{1} << 16);
@@ -181,8 +182,8 @@ struct config {
         auto all = make_layouts(hash(), vocab.canonical_size(), vocab.canonical_pad_id(pad_id));
         for (std::size_t i = 0; i < all.size(); ++i)
             if (all[i].total_rows != num_embeddings[i])
-                throw config_error("config: engram_num_embeddings[" + std::to_string(i) + "] = " +
-                                   std::to_string(num_embeddings[i]) + " but the primes of layer " +
+                throw config_error("config: engram_num_embeddings[" + std::to_string(i) +
+                                   "] = " + std::to_string(num_embeddings[i]) + " but the primes of layer " +
                                    std::to_string(layer_ids[i]) + " sum to " + std::to_string(all[i].total_rows));
         return all;
     }
@@ -193,6 +194,24 @@ struct config {
         return s + "]";
     }
 };
+
+/// @brief DeepSeek-V4.1-Flash's Engram configuration as released (spec section 1), for
+///        benchmarks and for checking a downloaded config against.
+inline config flash_config() {
+    return config::from_json({{"engram_layer_ids", {1, 14}},
+                              {"engram_num_embeddings", {384006168, 384016682}},
+                              {"engram_max_ngram_size", 4},
+                              {"engram_vocab_size", 16000000},
+                              {"engram_n_heads", 8},
+                              {"engram_head_dim", 256},
+                              {"engram_pad_token_id", 2},
+                              {"engram_compressed_vocab_size", 99092},
+                              {"rms_norm_eps", 1e-20},
+                              {"hidden_size", 5120},
+                              {"hc_mult", 4},
+                              {"vocab_size", 129280},
+                              {"image_token_id", 129264}});
+}
 
 /// @brief The checkpoint's name of tensor `part` of Engram layer `id`: `layers.{id}.engram.{part}`.
 inline std::string tensor_name(std::int64_t id, const char* part) {
@@ -257,9 +276,9 @@ inline fp8_tensor_table embedding_table(const config& cfg, std::int64_t id, cons
     const std::string wn = tensor_name(id, "embed.weight"), sn = tensor_name(id, "embed.scale");
     const tensor_view& w = detail::expect_tensor(tensors, wn, {dtype::f8_e4m3}, {rows, cfg.head_dim});
     const tensor_view& s = detail::expect_tensor(tensors, sn, {dtype::f8_e8m0, dtype::u8}, {rows, cfg.head_dim / 32});
-    auto owner = std::make_shared<const std::pair<std::shared_ptr<const safetensors_file>,
-                                                  std::shared_ptr<const safetensors_file>>>(tensors.file_of(wn),
-                                                                                             tensors.file_of(sn));
+    auto owner = std::make_shared<
+        const std::pair<std::shared_ptr<const safetensors_file>, std::shared_ptr<const safetensors_file>>>(
+        tensors.file_of(wn), tensors.file_of(sn));
     fp8_tensor_table t(owner, w.bytes.data(), s.bytes.data(), static_cast<std::size_t>(rows),
                        static_cast<std::size_t>(cfg.head_dim));
     t.advise_random();
@@ -283,11 +302,12 @@ Layer load_layer(const config& cfg, std::int64_t id, canonical_table vocab, cons
     const std::size_t index = cfg.index_of(id);
     (void)cfg.layouts(vocab)[index];
     const std::int64_t dim = cfg.hidden, hc = cfg.hc;
-    const std::int64_t out_rows = dim * (hc + 1), in_cols = static_cast<std::int64_t>(cfg.max_ngram - 1) * cfg.n_heads * cfg.head_dim;
+    const std::int64_t out_rows = dim * (hc + 1),
+                       in_cols = static_cast<std::int64_t>(cfg.max_ngram - 1) * cfg.n_heads * cfg.head_dim;
     const std::string wkv = tensor_name(id, "wkv.weight"), wks = tensor_name(id, "wkv.scale");
     const tensor_view& w = detail::expect_tensor(tensors, wkv, {dtype::f8_e4m3}, {out_rows, in_cols});
-    const tensor_view& ws = detail::expect_tensor(tensors, wks, {dtype::f8_e8m0, dtype::u8},
-                                                  {(out_rows + 31) / 32, (in_cols + 31) / 32});
+    const tensor_view& ws =
+        detail::expect_tensor(tensors, wks, {dtype::f8_e8m0, dtype::u8}, {(out_rows + 31) / 32, (in_cols + 31) / 32});
     const tensor_view& q = detail::expect_tensor(tensors, tensor_name(id, "q_weight"), {dtype::bf16}, {hc, dim});
     const tensor_view& k = detail::expect_tensor(tensors, tensor_name(id, "k_weight"), {dtype::bf16}, {hc, dim});
     fp8_tensor_table table = embedding_table(cfg, id, tensors);

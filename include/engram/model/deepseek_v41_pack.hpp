@@ -26,8 +26,7 @@ namespace deepseek_v41 {
 ///         output is left behind on any error).
 inline table_manifest pack_table(const config& cfg, std::int64_t id, const canonical_table& vocab,
                                  const fp8_tensor_table& rows, const std::filesystem::path& out,
-                                 std::string_view codec = "fp8", std::size_t shards = 1,
-                                 table_progress progress = {}) {
+                                 std::string_view codec = "fp8", std::size_t shards = 1, table_progress progress = {}) {
     cfg.check_vocab(vocab, "the token map");
     const auto layout = cfg.layouts(vocab)[cfg.index_of(id)];
     if (rows.rows() != static_cast<std::size_t>(layout.total_rows) ||

@@ -139,9 +139,8 @@ struct avx512_decoder<fp8_e4m3_codec> {
         decode_split(row, row + dim, out, dim);
     }
     /// The codes and the scale bytes stored apart (fp8_e4m3_codec::decode_split).
-    ENGRAM_DETAIL_AVX512_TARGET ENGRAM_ALWAYS_INLINE static void decode_split(const std::byte* row,
-                                                                              const std::byte* scales, float* out,
-                                                                              std::size_t dim) noexcept {
+    ENGRAM_DETAIL_AVX512_TARGET ENGRAM_ALWAYS_INLINE static void
+    decode_split(const std::byte* row, const std::byte* scales, float* out, std::size_t dim) noexcept {
         constexpr std::size_t block = fp8_e4m3_codec::block;
         for (std::size_t j = 0; j < dim / block; ++j) {
             const auto b = static_cast<std::uint8_t>(scales[j]);

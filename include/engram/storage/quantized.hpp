@@ -249,7 +249,9 @@ struct fp8_e4m3_codec {
             out[dim + j] = static_cast<std::byte>(b);
         }
     }
-    static void decode(const std::byte* in, float* out, std::size_t dim) noexcept { decode_split(in, in + dim, out, dim); }
+    static void decode(const std::byte* in, float* out, std::size_t dim) noexcept {
+        decode_split(in, in + dim, out, dim);
+    }
     /// @brief `decode` of a row whose `dim` codes and `dim / 32` scale bytes are stored apart
     ///        (DeepSeek checkpoints keep them in two tensors).
     static void decode_split(const std::byte* in, const std::byte* scales, float* out, std::size_t dim) noexcept {
