@@ -286,9 +286,14 @@ void run_v41(const std::shared_ptr<const engram::safetensors_file>& file, const 
             o.stream, mask};
         const auto& table = layer.table();
         if (o.table_path) {
+            // The table file's rows as mapped (one instantiation per codec and order set, not
+            // per storage tier too: this file's compile time is the CI's longest).
+            if (o.choice.kind != storage_choice::mmap)
+                throw engram::unsupported_error("--storage " + o.choice.text +
+                                                " with --table: DeepSeek-V4.1 cases read table files mapped (mmap)");
             const auto tf = engram::table_file::open(*o.table_path);
             check_table_matches(tf, layer);
-            tf.visit_rows([&](const auto& rows) { run_tier(in, rows, o.choice, true); });
+            tf.visit_rows([&](const auto& rows) { run_layer(in, rows); });
             source = *o.table_path + " (" + tf.codec() + ")";
         } else if (o.choice.kind == storage_choice::sharded) {
             const auto bounds = engram::shard_bounds_by_rows(table.rows(), std::min(o.choice.shards, table.rows()));

@@ -1,11 +1,14 @@
 // Every storage table gathers what a dense table of the same rows gathers: dense, sharded (by row
 // range, by head, over tables without direct row access, the policy), cached (over dense, over
-// sharded, the policy), for float and bf16 rows; errors, and concurrent readers.
+// sharded, the policy), for float and bf16 rows; FP8 rows with their scales in a second tensor
+// (DeepSeek-V4.1's checkpoint layout, served in place: alone, sharded by row range, cached);
+// errors, and concurrent readers.
 #include "support/catch.hpp"
 
 #include <engram/engram.hpp>
 #include <engram/storage/cached.hpp>
 #include <engram/storage/file.hpp>
+#include <engram/storage/fp8_tensor.hpp>
 #include <engram/storage/mmap.hpp>
 #include <engram/storage/sharded.hpp>
 
@@ -38,7 +41,7 @@ using dense_t = engram::dense_storage::table<Row>;
 struct fixture {
     engram::layer_layout layout;
     std::size_t rows = 0;
-    std::size_t dim = 16;
+    std::size_t dim = 32; // a multiple of 32: FP8 rows have one scale per 32 values
     std::vector<float> values;
 
     std::span<const float> row(std::size_t r) const { return {values.data() + r * dim, dim}; }
@@ -49,7 +52,7 @@ const fixture& shared_fixture() {
         engram::hash_config cfg;
         cfg.table_size_per_ngram = {800, 800};
         cfg.heads_per_ngram = 3;
-        cfg.embed_per_ngram = 48; // d = 16
+        cfg.embed_per_ngram = 96; // d = 32
         cfg.layer_ids = {1};
         fixture out;
         out.layout = engram::make_layout(cfg, 1, 1000, 2);
@@ -231,13 +234,64 @@ struct file_case {
     }
 };
 
-using all_cases =
-    std::tuple<dense_case<float>, dense_case<bfloat16>, sharded_rows_case<float>, sharded_rows_case<bfloat16>,
-               sharded_head_case<float>, sharded_head_case<bfloat16>, sharded_grouped_case<float>,
-               sharded_grouped_case<bfloat16>, sharded_policy_case<float>, sharded_policy_case<bfloat16>,
-               cached_dense_case<float>, cached_dense_case<bfloat16>, cached_sharded_case<float>,
-               cached_sharded_case<bfloat16>, cached_policy_case<float>, cached_policy_case<bfloat16>, mmap_case<float>,
-               mmap_case<bfloat16>, file_case<float>, file_case<bfloat16>>;
+/// f's rows encoded as FP8 and written as DeepSeek-V4.1 writes them: the codes in one tensor
+/// (F8_E4M3 [rows, dim]), the scales in another (F8_E8M0 [rows, dim / 32]); the table opens the
+/// file in place (then the file is unlinked: the mapping keeps it).
+engram::fp8_tensor_table fp8_tensor_file(const fixture& f) {
+    dense_t<engram::fp8_e4m3_codec> t(f.rows, f.dim);
+    fill(t, f);
+    std::vector<std::byte> codes(f.rows * f.dim), scales(f.rows * f.dim / 32);
+    for (std::size_t r = 0; r < f.rows; ++r) {
+        const auto row = t.encoded_row(r);
+        std::copy_n(row.begin(), f.dim, codes.begin() + static_cast<std::ptrdiff_t>(r * f.dim));
+        std::copy_n(row.begin() + static_cast<std::ptrdiff_t>(f.dim), f.dim / 32,
+                    scales.begin() + static_cast<std::ptrdiff_t>(r * f.dim / 32));
+    }
+    engram::safetensors_writer w;
+    const auto rows = static_cast<std::int64_t>(f.rows), dim = static_cast<std::int64_t>(f.dim);
+    w.add("embed.weight", engram::dtype::f8_e4m3, {rows, dim}, codes);
+    w.add("embed.scale", engram::dtype::f8_e8m0, {rows, dim / 32}, scales);
+    static int counter = 0;
+    const auto path = std::filesystem::temp_directory_path() /
+                      ("engram_conformance_fp8_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    w.write(path);
+    auto table = engram::fp8_tensor_table::open(path, "embed.weight", "embed.scale");
+    std::filesystem::remove(path);
+    return table;
+}
+
+struct fp8_tensor_case {
+    using row = engram::fp8_e4m3_codec;
+    static auto make(const fixture& f) { return fp8_tensor_file(f); }
+};
+
+struct fp8_tensor_sharded_case {
+    using row = engram::fp8_e4m3_codec;
+    static auto make(const fixture& f) {
+        const auto whole = fp8_tensor_file(f);
+        const auto bounds = engram::shard_bounds_by_rows(f.rows, 3);
+        return engram::make_sharded_table(std::span<const std::size_t>(bounds),
+                                          [&](std::size_t first, std::size_t n) { return whole.slice(first, n); });
+    }
+};
+
+struct fp8_tensor_cached_case {
+    using row = engram::fp8_e4m3_codec;
+    static auto make(const fixture& f) {
+        engram::cached_table<engram::fp8_tensor_table> t(std::make_shared<engram::fp8_tensor_table>(fp8_tensor_file(f)),
+                                                         small_capacity(f));
+        REQUIRE(t.slots() < f.rows);
+        return t;
+    }
+};
+
+using all_cases = std::tuple<dense_case<float>, dense_case<bfloat16>, sharded_rows_case<float>,
+                             sharded_rows_case<bfloat16>, sharded_head_case<float>, sharded_head_case<bfloat16>,
+                             sharded_grouped_case<float>, sharded_grouped_case<bfloat16>, sharded_policy_case<float>,
+                             sharded_policy_case<bfloat16>, cached_dense_case<float>, cached_dense_case<bfloat16>,
+                             cached_sharded_case<float>, cached_sharded_case<bfloat16>, cached_policy_case<float>,
+                             cached_policy_case<bfloat16>, mmap_case<float>, mmap_case<bfloat16>, file_case<float>,
+                             file_case<bfloat16>, fp8_tensor_case, fp8_tensor_sharded_case, fp8_tensor_cached_case>;
 
 template <class T>
 concept counting = requires(const T& t) {
