@@ -82,6 +82,8 @@ std::string value_summary(const engram::tensor_view& t) {
 
 std::string file_kind(const engram::safetensors_file& f) {
     const bool has_config = f.find_metadata("config") != nullptr;
+    if (engram::deepseek_v41::is_case_file(f))
+        return "DeepSeek-V4.1 case (FP8 layer tensors, inputs and expected output)";
     if (f.contains("multi_head_embedding.embedding.weight"))
         return f.contains("hidden_states") ? "forward case (layer weights, inputs and expected output)"
                                            : "Engram layer checkpoint";
@@ -155,11 +157,13 @@ int cmd_inspect(const std::vector<std::string>& argv) {
         const auto cfg_json = read_config(file);
         std::cout << "config:\n";
         for (const auto& [key, value] : cfg_json.items())
-            std::cout << "  " << std::left << std::setw(22) << key << value.dump() << '\n';
+            std::cout << "  " << std::left << std::setw(30) << key << ' ' << value.dump() << '\n';
         // The derived layout, when the file has what it needs.
         if (file.contains("lookup")) {
             try {
-                const auto cfg = engram::hash_config_from_json(cfg_json);
+                const bool v41 = engram::deepseek_v41::is_config(cfg_json);
+                const auto cfg = v41 ? engram::deepseek_v41::config::from_json(cfg_json).hash()
+                                     : engram::hash_config_from_json(cfg_json);
                 const auto vocab = engram::canonical_table::from_lookup(read_ids(file, "lookup", 1));
                 std::cout << "vocabulary: V = " << vocab.vocab_size() << ", V' = " << vocab.canonical_size()
                           << ", canonical pad = " << vocab.canonical_pad_id(cfg.pad_id) << '\n';
