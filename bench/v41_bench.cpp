@@ -19,7 +19,6 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -40,19 +39,10 @@ namespace {
 namespace v41 = engram::deepseek_v41;
 using clock_type = std::chrono::steady_clock;
 
-long minor_faults() {
-    rusage u{};
-    ::getrusage(RUSAGE_SELF, &u);
-    return u.ru_minflt;
-}
-
 double seconds(const std::function<void()>& f) {
-    const long f0 = minor_faults();
     const auto t0 = clock_type::now();
     f();
-    const double t = std::chrono::duration<double>(clock_type::now() - t0).count();
-    if (std::getenv("ENGRAM_BENCH_FAULTS")) std::printf("    (%.3f s, %ld minor faults)\n", t, minor_faults() - f0);
-    return t;
+    return std::chrono::duration<double>(clock_type::now() - t0).count();
 }
 
 /// The best (smallest) time of `reps` runs of `f`.
@@ -83,7 +73,13 @@ long vm_rss_kib() {
     return -1;
 }
 
-v41::config flash_config() { return v41::flash_config(); }
+/// A token map with V4.1-Flash's sizes (V = 129,280 onto V' = 99,092; which id maps where does
+/// not matter to these figures).
+engram::canonical_table flash_vocab() {
+    std::vector<engram::token_id> lookup(129280);
+    for (std::size_t i = 0; i < lookup.size(); ++i) lookup[i] = static_cast<engram::token_id>(i % 99092);
+    return engram::canonical_table::from_lookup(std::move(lookup));
+}
 
 /// A safetensors file of `rows` x 256 FP8 codes and `rows` x 8 scale bytes, all holes.
 void write_sparse_table(const std::filesystem::path& path, std::int64_t rows) {
@@ -151,10 +147,8 @@ void probe(const fp8_view_t* t, const std::vector<engram::row_id>& ids, std::siz
 }
 
 void bench_lookup(const std::filesystem::path& dir, bool quick) {
-    const auto cfg = flash_config();
-    std::vector<engram::token_id> lookup(129280);
-    for (std::size_t i = 0; i < lookup.size(); ++i) lookup[i] = static_cast<engram::token_id>(i % 99092);
-    const auto vocab = engram::canonical_table::from_lookup(lookup);
+    const auto cfg = v41::flash_config();
+    const auto vocab = flash_vocab();
     const auto layout = cfg.layouts(vocab)[0];
     const std::int64_t rows = layout.total_rows;
     const std::size_t tokens = 10000, heads = layout.num_heads();
@@ -247,10 +241,8 @@ void bench_lookup(const std::filesystem::path& dir, bool quick) {
 
 /// A V4.1 layer at real width with random FP8 weights; rows from a sparse table as above.
 void bench_layer(const std::filesystem::path& dir, bool quick) {
-    const auto cfg = flash_config();
-    std::vector<engram::token_id> lookup(129280);
-    for (std::size_t i = 0; i < lookup.size(); ++i) lookup[i] = static_cast<engram::token_id>(i % 99092);
-    const auto vocab = engram::canonical_table::from_lookup(lookup);
+    const auto cfg = v41::flash_config();
+    const auto vocab = flash_vocab();
     const auto layout = cfg.layouts(vocab)[0];
     const std::size_t t_long = 512;
     std::vector<engram::token_id> raw(t_long);

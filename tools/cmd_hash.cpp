@@ -33,14 +33,16 @@ int hash_v41(const engram::safetensors_file& file, const nlohmann::json& config_
     const auto batch = static_cast<std::size_t>(shape[0]);
     const auto seq = static_cast<std::size_t>(shape[1]);
     const auto mask = read_token_mask(file, shape);
-    const auto live = mask.empty() ? std::vector<std::uint8_t>(raw.size(), 1) : mask;
     const auto layouts = cfg.layouts(vocab);
     engram::safetensors_writer writer;
     for (const auto& layout : layouts) {
         std::vector<std::int64_t> ids(raw.size() * layout.num_heads());
         engram::dispatch_orders(layout.orders, [&]<class Orders>(Orders) {
-            engram::ngram_hasher<engram::multiply_xor_family, Orders>(layout).rows_tokens(
-                vocab, raw, batch, seq, ids, std::span<const std::uint8_t>(live));
+            const engram::ngram_hasher<engram::multiply_xor_family, Orders> hasher(layout);
+            if (mask.empty())
+                hasher.rows_tokens(vocab, raw, batch, seq, ids);
+            else
+                hasher.rows_tokens(vocab, raw, batch, seq, ids, std::span<const std::uint8_t>(mask));
         });
         add_layer(writer, layout, shape, ids);
     }

@@ -110,6 +110,18 @@ inline lookup_plan make_plan(std::span<const row_id> row_ids, std::size_t batch,
     return make_plan(std::vector<row_id>(row_ids.begin(), row_ids.end()), batch, seq_len, heads);
 }
 
+namespace detail {
+
+/// The plan of the row ids `[B, T, heads]` that `fill` writes.
+template <class Fill>
+lookup_plan plan_of_rows(std::size_t heads, std::size_t batch, std::size_t seq_len, Fill&& fill) {
+    std::vector<row_id> ids(checked_mul(checked_mul(batch, seq_len, "make_plan [B, T]"), heads, "make_plan rows"));
+    fill(std::span<row_id>(ids));
+    return make_plan(std::move(ids), batch, seq_len, heads);
+}
+
+} // namespace detail
+
 /// @brief The plan of a layer on raw token ids `[B, T]`: `layer.rows` (hashing only, no I/O),
 ///        then deduplication.
 /// @throws input_error for token ids outside the vocabulary or a wrong size.
@@ -119,11 +131,8 @@ requires requires(const Layer& l, std::span<const token_id> raw, std::span<row_i
     l.rows(raw, std::size_t{}, std::size_t{}, out);
 }
 lookup_plan make_plan(const Layer& layer, std::span<const token_id> raw, std::size_t batch, std::size_t seq_len) {
-    const std::size_t heads = layer.num_heads();
-    std::vector<row_id> ids(
-        detail::checked_mul(detail::checked_mul(batch, seq_len, "make_plan [B, T]"), heads, "make_plan rows"));
-    layer.rows(raw, batch, seq_len, ids);
-    return make_plan(std::move(ids), batch, seq_len, heads);
+    return detail::plan_of_rows(layer.num_heads(), batch, seq_len,
+                                [&](std::span<row_id> ids) { layer.rows(raw, batch, seq_len, ids); });
 }
 
 /// @brief As above with the forward's token mask (DeepSeek-V4.1: a 0 also marks the position
@@ -136,11 +145,8 @@ requires requires(const Layer& l, std::span<const token_id> raw, std::span<row_i
 }
 lookup_plan make_plan(const Layer& layer, std::span<const token_id> raw, std::size_t batch, std::size_t seq_len,
                       std::span<const std::uint8_t> token_mask) {
-    const std::size_t heads = layer.num_heads();
-    std::vector<row_id> ids(
-        detail::checked_mul(detail::checked_mul(batch, seq_len, "make_plan [B, T]"), heads, "make_plan rows"));
-    layer.rows(raw, batch, seq_len, ids, token_mask);
-    return make_plan(std::move(ids), batch, seq_len, heads);
+    return detail::plan_of_rows(layer.num_heads(), batch, seq_len,
+                                [&](std::span<row_id> ids) { layer.rows(raw, batch, seq_len, ids, token_mask); });
 }
 
 namespace detail {

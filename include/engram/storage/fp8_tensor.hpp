@@ -116,8 +116,8 @@ public:
     /// @brief Decoded rows `ids` into `out` [ids.size(), dim] (float; see `storage_table`).
     void gather(std::span<const row_id> ids, std::span<float> out) const {
         detail::check_gather(ids, rows_, dim_, out.size());
-        for_rows(
-            ids, [&](std::size_t i) { return out.data() + i * dim_; }, [](std::size_t, const float*) {});
+        const auto decode = detail::avx512_available() ? &decode_fast : &decode_reference;
+        rows_loop(ids, [&](std::size_t i, std::size_t r) { decode(codes(r), scales(r), out.data() + i * dim_, dim_); });
     }
 
     /// @brief Decoded rows `ids` into `out` as bfloat16 (exact: every decoded value is one).
@@ -192,16 +192,6 @@ private:
             if (i + touch_ahead < n) touch(ids[i + touch_ahead]);
             decode(i, static_cast<std::size_t>(ids[i]));
         }
-    }
-
-    template <class Dst, class Done>
-    void for_rows(std::span<const row_id> ids, Dst&& dst, Done&& done) const {
-        const auto decode = detail::avx512_available() ? &decode_fast : &decode_reference;
-        rows_loop(ids, [&](std::size_t i, std::size_t r) {
-            float* row = dst(i);
-            decode(codes(r), scales(r), row, dim_);
-            done(i, static_cast<const float*>(row));
-        });
     }
 
     /// A row decoded straight to bf16 (the float decode, then the exact narrowing).
