@@ -62,7 +62,8 @@ int main() {
     };
     const choice formats[] = {{engram::weight_format::f32, "f32"},
                               {engram::weight_format::bf16, "bf16"},
-                              {engram::weight_format::bf16_dot, "bf16_dot"}};
+                              {engram::weight_format::bf16_dot, "bf16_dot"},
+                              {engram::weight_format::int8, "int8"}};
     bool ok = true;
     std::printf("%-9s %8s %14s %14s %12s\n", "weights", "threads", "forward (ms)", "decode (us)", "rel. error");
     for (const auto& f : formats) {
@@ -78,8 +79,10 @@ int main() {
                     layer.decode_step(state, ids[t], std::span(hidden).subspan(t * MH, MH), step);
             });
             const double err = relative_error(out, reference);
-            std::printf("%-9s %8zu %14.2f %14.1f %12.2e\n", f.name, threads, fwd * 1e3, dec / 16 * 1e6, err);
-            // bf16 rounding (2^-9 per value) through the gates stays well under 5e-2.
+            std::printf("%-9s %8zu %14.2f %14.1f %12.2e  %s\n", f.name, threads, fwd * 1e3, dec / 16 * 1e6, err,
+                        layer.matmul().forward_path().c_str());
+            // bf16 rounding (2^-9 per value) and int8 (2^-8 of each vector's largest value)
+            // through the gates stay well under 5e-2.
             ok = ok && err <= (f.format == engram::weight_format::f32 ? 0.0 : 5e-2);
             if (threads == 1)
                 one_thread = out;
@@ -87,7 +90,7 @@ int main() {
                 ok = ok && std::memcmp(out.data(), one_thread.data(), out.size() * sizeof(float)) == 0;
         }
     }
-    std::printf("%s\n", ok ? "every format within bf16 rounding of f32; threads give the same bits"
+    std::printf("%s\n", ok ? "every format within its rounding of f32; threads give the same bits"
                            : "FAILED: a format strayed or threads changed the output");
     return ok ? 0 : 1;
 }

@@ -21,7 +21,7 @@ namespace {
 
 constexpr const char* usage =
     "engram forward CASE.safetensors -o OUT.safetensors [--stream] [--table TABLE.safetensors] "
-    "[--storage dense|mmap|sharded:N|cached:BYTES] [--weights f32|bf16|bf16_dot] [--threads N] "
+    "[--storage dense|mmap|sharded:N|cached:BYTES] [--weights f32|bf16|bf16_dot|int8] [--threads N] "
     "[--checkpoint DIR --layer L [--token-map FILE]]";
 
 struct storage_choice {
@@ -320,10 +320,8 @@ void run_v41(const std::shared_ptr<const engram::safetensors_file>& file, const 
 }
 
 engram::weight_format parse_weights(const std::string& text) {
-    if (text == "f32") return engram::weight_format::f32;
-    if (text == "bf16") return engram::weight_format::bf16;
-    if (text == "bf16_dot") return engram::weight_format::bf16_dot;
-    throw usage_error("--weights '" + text + "': expected f32, bf16 or bf16_dot");
+    if (const auto f = engram::parse_weight_format(text)) return *f;
+    throw usage_error("--weights '" + text + "': expected f32, bf16, bf16_dot or int8");
 }
 
 int cmd_forward(const std::vector<std::string>& argv) {
@@ -373,7 +371,8 @@ int cmd_forward(const std::vector<std::string>& argv) {
                   << "                with --table), sharded:N (N row ranges), cached:BYTES (a hot-row cache,\n"
                   << "                e.g. cached:16M, in front of the file or the case's rows)\n"
                   << "  --weights W   projection weights: f32 (default), bf16 (a bf16 copy, float products)\n"
-                  << "                or bf16_dot (bf16 weights and memory vectors, bf16 dot products)\n"
+                  << "                bf16_dot (bf16 weights and memory vectors, bf16 dot products) or int8\n"
+                  << "                (int8 weights per output channel, int8 memory vectors per token)\n"
                   << "  --threads N   threads of the forward (default 1; same output for any N)\n"
                   << "DeepSeek-V4.1 case files (spec deepseek-v41.md section 6: FP8 tensors, BF16 hidden states\n"
                   << "[B, T, hc, dim], an optional token_mask) run the V4.1 layer and write BF16 'output'; rows\n"

@@ -172,7 +172,8 @@ TEMPLATE_TEST_CASE("forward and decode_step allocate nothing once warm", "[alloc
     std::vector<float> out(hidden.size()), step(MH);
     auto state = layer.new_decode_state();
 
-    for (auto format : {engram::weight_format::f32, engram::weight_format::bf16, engram::weight_format::bf16_dot}) {
+    for (auto format : {engram::weight_format::f32, engram::weight_format::bf16, engram::weight_format::bf16_dot,
+                        engram::weight_format::int8}) {
         layer.set_weight_format(format);
         auto run = [&] {
             layer.forward(ids, B, T, hidden, out);

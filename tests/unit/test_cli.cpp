@@ -301,7 +301,7 @@ TEST_CASE("engram forward reproduces the golden output, whole and streamed", "[c
     }
 }
 
-TEST_CASE("engram forward --weights and --threads: bf16 formats within bf16 rounding, threads the same bits",
+TEST_CASE("engram forward --weights and --threads: bf16 and int8 formats within their rounding, threads the same bits",
           "[cli][golden][forward]") {
     const auto golden = engram::safetensors_file::open(data("forward_small.safetensors"));
     const auto expected = golden.at("output").to_vector<float>();
@@ -315,16 +315,16 @@ TEST_CASE("engram forward --weights and --threads: bf16 formats within bf16 roun
     };
     const auto f32 = forward("");
     CHECK(forward(" --weights f32 --threads 3") == f32);
-    for (const char* w : {"bf16", "bf16_dot"}) {
+    for (const char* w : {"bf16", "bf16_dot", "int8"}) {
         INFO("--weights " << w);
         const auto one = forward(std::string(" --weights ") + w);
         const double err = scaled_error(one, expected);
-        CHECK(err <= 5e-2); // bf16 rounding (2^-9 per value) through the gates
+        CHECK(err <= 5e-2); // bf16 rounding (2^-9 per value), int8 (2^-8 of each vector's largest) through the gates
         CHECK(err > 1e-6);  // and the weights did change
         CHECK(forward(std::string(" --weights=") + w + " --threads=2") == one);
         const auto streamed = forward(std::string(" --weights ") + w + " --stream");
-        if (std::string(w) == "bf16_dot")
-            CHECK(streamed == one); // the GEMM and the GEMV sum in the same order
+        if (std::string(w) != "bf16")
+            CHECK(streamed == one); // the GEMM and the GEMV sum in the same order (int8: exact sums)
         else
             CHECK(scaled_error(streamed, one) <= 1e-5);
     }

@@ -322,7 +322,7 @@ TEST_CASE("bad input table: engram forward", "[cli][bad_input]") {
         {"--table without a value", "forward " + q(data(golden)) + " -o " + q(out) + " --table", 2,
          "--table needs a value", out},
         {"an unknown weight format", fwd(data(golden), " --weights fp64"), 2,
-         "--weights 'fp64': expected f32, bf16 or bf16_dot", out},
+         "--weights 'fp64': expected f32, bf16, bf16_dot or int8", out},
         {"zero threads", fwd(data(golden), " --threads 0"), 2, "--threads needs an integer in [1, 256], got '0'", out},
         {"negative threads", fwd(data(golden), " --threads=-2"), 2, "got '-2'", out},
         {"--weights without a value", "forward " + q(data(golden)) + " -o " + q(out) + " --weights", 2,

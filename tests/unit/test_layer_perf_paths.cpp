@@ -165,7 +165,7 @@ TEMPLATE_TEST_CASE("threaded forward is bit-identical to one thread", "[layer][t
     // (1+M)H = 640: two GEMM panels (512 + 128 weight rows), split between threads.
     auto layer = make_layer<TestType>(160, 3, 4, 7);
     const std::size_t M = 3, H = 160;
-    static_assert(engram::layer<TestType>::panel_rows == 512 && engram::layer<TestType>::block_tokens == 512);
+    static_assert(engram::host_matmul::panel_rows == 512 && engram::layer<TestType>::block_tokens == 512);
     // Shapes: a few tokens, one block, several sequences over two blocks (the second block starts
     // inside a sequence, so its convolution reads the first block's rows).
     for (auto [B, T] : {std::pair<std::size_t, std::size_t>{1, 5}, {1, 100}, {2, 300}, {3, 200}}) {

@@ -157,6 +157,56 @@ inline gate_sums gate_sums_of(const float* k, const float* h, const float* w1, c
 }
 
 /// Inputs of `fast_exp` are clamped to this range (2^n stays a normal float).
+// A branch's gated value and its RMSNorm (the conv input of the reference fusion), AVX-512
+// where the CPU has it; the same operations per value either way.
+
+/// u[c] = a * v[c].
+inline void scale_values(const float* v, float a, float* u, std::size_t n) noexcept;
+/// x[c] = float(u[c] * r) * w[c], the product with r in double.
+inline void scale_norm(const float* u, double r, const float* w, float* x, std::size_t n) noexcept;
+
+namespace detail {
+inline void scale_values_portable(const float* v, float a, float* u, std::size_t n) noexcept {
+    for (std::size_t c = 0; c < n; ++c) u[c] = a * v[c];
+}
+inline void scale_norm_portable(const float* u, double r, const float* w, float* x, std::size_t n) noexcept {
+    for (std::size_t c = 0; c < n; ++c) x[c] = static_cast<float>(u[c] * r) * w[c];
+}
+#if ENGRAM_VECTOR_MATH_X86
+__attribute__((target("avx512f"))) inline void scale_values_avx512(const float* v, float a, float* u,
+                                                                   std::size_t n) noexcept {
+    const __m512 av = _mm512_set1_ps(a);
+    std::size_t c = 0;
+    for (; c + 16 <= n; c += 16) _mm512_storeu_ps(u + c, _mm512_mul_ps(av, _mm512_loadu_ps(v + c)));
+    for (; c < n; ++c) u[c] = a * v[c];
+}
+__attribute__((target("avx512f"))) inline void scale_norm_avx512(const float* u, double r, const float* w, float* x,
+                                                                 std::size_t n) noexcept {
+    const __m512d rv = _mm512_set1_pd(r);
+    constexpr auto all8 = static_cast<__mmask8>(0xFF);
+    std::size_t c = 0;
+    for (; c + 8 <= n; c += 8) {
+        const __m512d d = _mm512_mul_pd(_mm512_maskz_cvtps_pd(all8, _mm256_loadu_ps(u + c)), rv);
+        _mm256_storeu_ps(x + c, _mm256_mul_ps(_mm512_maskz_cvtpd_ps(all8, d), _mm256_loadu_ps(w + c)));
+    }
+    for (; c < n; ++c) x[c] = static_cast<float>(u[c] * r) * w[c];
+}
+#endif
+} // namespace detail
+
+inline void scale_values(const float* v, float a, float* u, std::size_t n) noexcept {
+#if ENGRAM_VECTOR_MATH_X86
+    if (detail::lane_sums_use_avx512()) return detail::scale_values_avx512(v, a, u, n);
+#endif
+    detail::scale_values_portable(v, a, u, n);
+}
+inline void scale_norm(const float* u, double r, const float* w, float* x, std::size_t n) noexcept {
+#if ENGRAM_VECTOR_MATH_X86
+    if (detail::lane_sums_use_avx512()) return detail::scale_norm_avx512(u, r, w, x, n);
+#endif
+    detail::scale_norm_portable(u, r, w, x, n);
+}
+
 inline constexpr float fast_exp_lo = -87.0f;
 inline constexpr float fast_exp_hi = 88.0f;
 

@@ -6,19 +6,19 @@
 #include <engram/backend/host.hpp>
 #include <engram/concepts.hpp>
 #include <engram/config.hpp>
+#include <engram/detail/threads.hpp>
 #include <engram/error.hpp>
 #include <engram/gather.hpp>
 #include <engram/hash/hasher.hpp>
 #include <engram/hash/layout.hpp>
 #include <engram/hash/multiply_xor.hpp>
-#include <engram/kernels/gemm_bf16.hpp>
-#include <engram/kernels/gemm_f32.hpp>
-#include <engram/kernels/gemv_bf16.hpp>
 #include <engram/kernels/vector_math.hpp>
 #include <engram/layer/config.hpp>
 #include <engram/layer/fusion.hpp>
 #include <engram/layer/gate.hpp>
 #include <engram/layer/projection.hpp>
+#include <engram/matmul/backend.hpp>
+#include <engram/matmul/host.hpp>
 #include <engram/ngram/decode_state.hpp>
 #include <engram/ngram/orders.hpp>
 #include <engram/storage/codec.hpp>
@@ -56,16 +56,8 @@ struct layer_policies {
     using gate_type = reference_gate;
     using fusion_type = reference_fusion;
     using projection_type = plain_projection;
+    using matmul_type = host_matmul;
     using backend_type = host_backend;
-};
-
-/// @brief How the layer keeps its stacked projection for `forward` and `decode_step`.
-enum class weight_format {
-    f32,     ///< the float weights as loaded (default)
-    bf16,    ///< a bf16 copy (round to nearest even), multiplied with float accumulation
-    bf16_dot ///< a bf16 copy, and each memory vector rounded to bf16 too: bf16 x bf16 dot products
-             ///< (AVX512_BF16 `vdpbf16ps` where the CPU has it) accumulated in float. The fastest
-             ///< forward; the rounding of e is exact when the table stores bf16 rows.
 };
 
 /// Row-major float matrix, the layout of PyTorch weights and of `[tokens, width]` activations.
@@ -90,6 +82,7 @@ public:
     using gate_type = typename Policies::gate_type;
     using fusion_type = typename Policies::fusion_type;
     using projection_type = typename Policies::projection_type;
+    using matmul_type = typename Policies::matmul_type;
     using backend_type = typename Policies::backend_type;
     using hasher_type = ngram_hasher<hash_type, orders_type>;
     using storage_table_type = typename storage_type::template table<row_type>;
@@ -103,6 +96,7 @@ public:
     static_assert(gate_policy<gate_type>, "Policies::gate_type must model engram::gate_policy");
     static_assert(fusion_policy<fusion_type>, "Policies::fusion_type must model engram::fusion_policy");
     static_assert(projection_policy<projection_type>, "Policies::projection_type must model engram::projection_policy");
+    static_assert(matmul_backend<matmul_type>, "Policies::matmul_type must model engram::matmul_backend");
     /// Whether the token mask also marks positions dead for the hash (masked_production_fusion).
     static constexpr bool mask_blocks_hash = mask_blocks_hash_v<fusion_type>;
     static_assert(std::is_same_v<backend_type, host_backend>,
@@ -217,47 +211,38 @@ public:
 
     // ---- performance options -----------------------------------------------------------------
 
-    /// Tokens per block of `forward`: the block's projections are one GEMM (in panels), so the
+    /// Tokens per block of `forward`: the block's projections are one matmul call, so the
     /// weights are streamed once per block; its gates, norms and conv follow.
     static constexpr std::size_t block_tokens = 512;
-    /// Weight rows per GEMM panel of `forward` (the unit of threading, and of widening bf16
-    /// weights to float).
-    static constexpr Eigen::Index panel_rows = 512;
 
-    /// @brief Threads of one `forward`/`prefill` call (default 1): the GEMM panels, then the
-    ///        tokens, are split between `n - 1` threads started for the call and the caller. The
-    ///        output is bit-identical for every `n`. @throws config_error for n = 0.
+    /// @brief Threads of one `forward`/`prefill` call (default 1): the projections (the matmul
+    ///        backend's threads: host_matmul's panels, oneDNN's OpenMP threads), then the tokens,
+    ///        are split between `n - 1` threads started for the call and the caller. With
+    ///        host_matmul the output is bit-identical for every `n`. @throws config_error for n = 0.
     void set_threads(std::size_t n) {
         if (n == 0) throw config_error("set_threads: n = 0, must be at least 1");
         threads_ = n;
     }
     [[nodiscard]] std::size_t threads() const noexcept { return threads_; }
 
-    /// @brief Chooses the projection weights `forward` and `decode_step` use. `bf16` takes a
-    ///        bf16 copy of the current stacked projection (round to nearest even); change the
-    ///        weights afterwards and call it again to refresh the copy. `f32` drops the copy.
-    ///        `bf16_dot` packs the bf16 copy for dot products and also rounds each memory vector
-    ///        to bf16; `forward` and `decode_step` then give the same bits for the same token.
-    void set_weight_format(weight_format f) {
-        if (f != weight_format::f32 && f != weight_format::bf16 && f != weight_format::bf16_dot)
-            throw config_error("set_weight_format: unknown format " + std::to_string(static_cast<int>(f)));
-        proj_w16_ = {};
-        proj_packed_ = {};
-        if (f == weight_format::bf16) {
-            std::vector<bfloat16> w(static_cast<std::size_t>(proj_w_.size()));
-            for (std::size_t i = 0; i < w.size(); ++i) w[i] = bfloat16::from_float(proj_w_.data()[i]);
-            proj_w16_ = std::move(w);
-        } else if (f == weight_format::bf16_dot) {
-            proj_packed_ = kernels::packed_bf16(proj_w_.data(), proj_rows(), memory_dim());
-        }
-        format_ = f;
-    }
-    [[nodiscard]] weight_format projection_format() const noexcept { return format_; }
+    /// @brief Chooses the projection weights `forward` and `decode_step` use (see
+    ///        `weight_format`). `f32` reads the current weights on every call; the other formats
+    ///        take a copy of the current stacked projection (bf16, packed bf16, int8 per output
+    ///        channel; the backend's prepacked layout): change the weights afterwards and call
+    ///        it again to refresh the copy. The bias is always read live.
+    /// @throws config_error for a format the matmul backend cannot run (the format is unchanged).
+    void set_weight_format(weight_format f) { matmul_.set_format(weights_view(), f); }
+    [[nodiscard]] weight_format projection_format() const noexcept { return matmul_.format(); }
+    /// The matmul backend (its `forward_path()` / `decode_path()` name the kernels that run).
+    [[nodiscard]] const matmul_type& matmul() const noexcept { return matmul_; }
 
     /// @brief Frees the calling thread's scratch memory. Every thread keeps its own (a
     ///        `thread_local` workspace per layer type, shared by that type's layers), grown to the
     ///        largest call it has run, so that repeated calls of the same shapes allocate nothing.
-    static void release_workspace() { local_workspace() = workspace{}; }
+    static void release_workspace() {
+        local_workspace() = workspace{};
+        if constexpr (requires { matmul_type::release_workspace(); }) matmul_type::release_workspace();
+    }
 
     /// @brief Fills every parameter with small random values (examples, benchmarks, tests):
     ///        rows and projections ~ N(0, scale), norm weights ~ 1 + N(0, 0.1), conv ~ N(0, 0.2).
@@ -495,8 +480,6 @@ private:
         std::vector<float> p;           ///< [block, (1+M)H] projections
         std::vector<float> alpha;       ///< [block, M] gates
         std::vector<float> u, y;        ///< [H] gated value, [M*H] conv pre-activation
-        std::vector<float> panel;       ///< [panel_rows, D] weights packed in strips (forward, AVX-512) or bf16 widened
-        std::vector<std::uint32_t> e16; ///< [block, D/2] memory vectors as bf16 pairs (bf16_dot)
         std::vector<float> x;           ///< [B*T, M*H] normalised conv input of a forward
         std::vector<float> conv_t;      ///< [Kc, M*H] conv weights, tap-major
         std::vector<float> zeros;       ///< [M*H] the conv input before a sequence starts
@@ -504,13 +487,6 @@ private:
         std::vector<row_id> step_rows;
         std::vector<float> step_e, step_p;
         std::optional<ngram_state_type> step_ngram;
-#if EIGEN_VERSION_AT_LEAST(3, 4, 0)
-        /// Eigen's GEMM packing buffers, kept across calls (Eigen would malloc them per product).
-        using blocking_type = Eigen::internal::gemm_blocking_space<Eigen::ColMajor, float, float, Eigen::Dynamic,
-                                                                   Eigen::Dynamic, Eigen::Dynamic, 1, false>;
-        std::unique_ptr<blocking_type> blocking;
-        Eigen::Index blocking_k = 0;
-#endif
     };
 
     static workspace& local_workspace() {
@@ -575,21 +551,7 @@ private:
             e = eq;
         }
         float* p = grow(ws.step_p, rows);
-        const float* bias = proj_b_.data();
-        if (format_ == weight_format::bf16_dot) {
-            // As the forward: the bias, then the dot products accumulated onto it.
-            std::uint32_t* e16 = grow(ws.e16, proj_packed_.pairs());
-            kernels::to_bf16_pairs(e, d_mem, e16);
-            std::copy_n(bias, rows, p);
-            kernels::gemv_bf16_dot(proj_packed_, e16, p);
-        } else {
-            if (format_ == weight_format::bf16) {
-                kernels::gemv_bf16(proj_w16_.data(), e, p, rows, d_mem);
-            } else {
-                kernels::gemv_f32(proj_w_.data(), e, p, rows, d_mem);
-            }
-            for (std::size_t c = 0; c < rows; ++c) p[c] += bias[c];
-        }
+        matmul_.gemv(weights_view(), e, p);
         if constexpr (projection_type::transforms_output) projection_type::finish(p, rows);
         const auto mh = branch_width();
         float* alpha = grow(ws.alpha, static_cast<std::size_t>(cfg_.branches));
@@ -713,11 +675,9 @@ private:
             const float a = keep ? gate_(s) : 0.0f;
             alpha[m] = a;
             if constexpr (fusion_type::has_conv) {
-                for (std::size_t c = 0; c < h; ++c) u[c] = a * v[c];
+                kernels::scale_values(v, a, u, h);
                 const double ru = 1.0 / std::sqrt(kernels::sum_squares(u, h) * inv_h + cfg_.conv_norm_eps);
-                const float* cw = conv_norm_.row(static_cast<Eigen::Index>(m)).data();
-                float* x = normed + m * h;
-                for (std::size_t c = 0; c < h; ++c) x[c] = static_cast<float>(u[c] * ru) * cw[c];
+                kernels::scale_norm(u, ru, conv_norm_.row(static_cast<Eigen::Index>(m)).data(), normed + m * h, h);
             } else if (keep) {
                 float* o = out.row(first_row + m);
                 for (std::size_t c = 0; c < h; ++c) o[c] = hm[c] + a * v[c];
@@ -746,126 +706,22 @@ private:
     }
 #undef ENGRAM_LAYER_NOINLINE
 
-    /// p [n, rows] (row stride `ldp`) += w [rows, D] e^T for e [n, D]: Eigen's GEMM. With Eigen
-    /// 3.4 its packing buffers live in the workspace, so that the call allocates nothing; the
-    /// blocking depends only on the constants and D, so every panel of every call (on any
-    /// thread) accumulates in the same order.
-    static void gemm_accumulate(workspace& ws, const float* w, Eigen::Index rows, const float* e, Eigen::Index n,
-                                Eigen::Index d_mem, float* p, Eigen::Index ldp) {
-#if EIGEN_VERSION_AT_LEAST(3, 4, 0)
-        if (!ws.blocking || ws.blocking_k != d_mem) {
-            ws.blocking = std::make_unique<typename workspace::blocking_type>(
-                panel_rows, static_cast<Eigen::Index>(block_tokens), d_mem, 1, true);
-            ws.blocking->allocateAll();
-            ws.blocking_k = d_mem;
-        }
-        // p^T [rows, n] (column-major, leading dimension ldp) += w (row-major) * e^T (column-major).
-        Eigen::internal::general_matrix_matrix_product<Eigen::Index, float, Eigen::RowMajor, false, float,
-                                                       Eigen::ColMajor, false, Eigen::ColMajor, 1>::run(rows, n, d_mem,
-                                                                                                        w, d_mem, e,
-                                                                                                        d_mem, p, 1,
-                                                                                                        ldp, 1.0f,
-                                                                                                        *ws.blocking);
-#else
-        (void)ws;
-        using outer = Eigen::OuterStride<>;
-        Eigen::Map<row_matrix, 0, outer> pm(p, n, rows, outer(ldp));
-        pm.noalias() +=
-            Eigen::Map<const row_matrix>(e, n, d_mem) * Eigen::Map<const row_matrix>(w, rows, d_mem).transpose();
-#endif
-    }
-
-    /// Columns [r0, r0 + panel_rows) of p [n, (1+M)H] = e [n, D] W^T + b. bf16_dot: the bf16
-    /// dot products of the packed weights with `e16` (e rounded to bf16 pairs). Otherwise, on
-    /// AVX-512: the panel's f32 (or bf16, widened) weights packed into strips and the f32 GEMM
-    /// kernel; elsewhere Eigen's GEMM after the bias.
-    void project_panel(workspace& ws, const float* e, const std::uint32_t* e16, std::size_t n, float* p,
-                       Eigen::Index r0) const {
-        project_panel_values(ws, e, e16, n, p, r0);
-        if constexpr (projection_type::transforms_output) {
-            const auto rows = static_cast<std::size_t>(proj_rows());
-            const std::size_t nr = std::min(static_cast<std::size_t>(panel_rows), rows - static_cast<std::size_t>(r0));
-            for (std::size_t i = 0; i < n; ++i)
-                projection_type::finish(p + i * rows + static_cast<std::size_t>(r0), nr);
-        }
-    }
-
-    void project_panel_values(workspace& ws, const float* e, const std::uint32_t* e16, std::size_t n, float* p,
-                              Eigen::Index r0) const {
-        const auto d_mem = static_cast<Eigen::Index>(memory_dim());
-        const auto rows = static_cast<Eigen::Index>(proj_rows());
-        const Eigen::Index nr = std::min(panel_rows, rows - r0);
-        if (format_ == weight_format::bf16_dot) {
-            // The kernel starts from the bias. panel_rows is a multiple of the strip height, so
-            // panels own whole strips.
-            static_assert(panel_rows % kernels::packed_bf16::strip == 0);
-            const auto strip = static_cast<Eigen::Index>(kernels::packed_bf16::strip);
-            kernels::gemm_bf16_dot(proj_packed_, static_cast<std::size_t>(r0 / strip),
-                                   static_cast<std::size_t>((r0 + nr + strip - 1) / strip), e16, proj_packed_.pairs(),
-                                   n, p, static_cast<std::size_t>(rows), proj_b_.data());
-            return;
-        }
-        if (kernels::gemm_f32_available()) {
-            // AVX-512: the panel packed into strips (bf16 weights widened on the way), then the
-            // GEMM from the bias.
-            float* buf = grow(ws.panel, static_cast<std::size_t>(panel_rows * d_mem));
-            if (format_ == weight_format::bf16)
-                kernels::pack_f32_strips(proj_w16_.data() + r0 * d_mem, static_cast<std::size_t>(d_mem),
-                                         static_cast<std::size_t>(nr), static_cast<std::size_t>(d_mem), buf);
-            else
-                kernels::pack_f32_strips(proj_w_.data() + r0 * d_mem, static_cast<std::size_t>(d_mem),
-                                         static_cast<std::size_t>(nr), static_cast<std::size_t>(d_mem), buf);
-            kernels::gemm_f32_packed(buf, static_cast<std::size_t>(nr), static_cast<std::size_t>(d_mem), e,
-                                     static_cast<std::size_t>(d_mem), n, proj_b_.data() + r0, p + r0,
-                                     static_cast<std::size_t>(rows));
-            return;
-        }
-        for (std::size_t i = 0; i < n; ++i)
-            std::copy_n(proj_b_.data() + r0, nr, p + static_cast<Eigen::Index>(i) * rows + r0);
-        const float* w = proj_w_.data() + r0 * d_mem;
-        if (format_ == weight_format::bf16) {
-            float* buf = grow(ws.panel, static_cast<std::size_t>(panel_rows * d_mem));
-            kernels::widen_bf16(proj_w16_.data() + r0 * d_mem, buf, static_cast<std::size_t>(nr * d_mem));
-            w = buf;
-        }
-        gemm_accumulate(ws, w, nr, e, static_cast<Eigen::Index>(n), d_mem, p + r0, rows);
-    }
-
-    /// @brief Runs `body(workspace, lo, hi)` over [0, count): on the calling thread, or split
-    ///        into `threads_` contiguous ranges (`threads_ - 1` threads started for the call).
-    ///        Rethrows the first exception of any range.
+    /// Runs `body(workspace, lo, hi)` over [0, count) on `threads_` threads (detail::split_ranges).
     template <class Body>
     void on_threads(std::size_t count, Body&& body) const {
-        const std::size_t n = std::min(threads_, count);
-        if (n <= 1) {
-            if (count != 0) body(local_workspace(), std::size_t{0}, count);
-            return;
-        }
-        std::vector<std::exception_ptr> errors(n);
-        auto part = [&](std::size_t c) {
-            try {
-                body(local_workspace(), count * c / n, count * (c + 1) / n);
-            } catch (...) {
-                errors[c] = std::current_exception();
-            }
-        };
-        {
-            std::vector<std::thread> workers;
-            workers.reserve(n - 1);
-            for (std::size_t c = 1; c < n; ++c) workers.emplace_back(part, c);
-            part(0);
-            for (auto& w : workers) w.join();
-        }
-        for (auto& err : errors)
-            if (err) std::rethrow_exception(err);
+        detail::split_ranges(threads_, count, [&](std::size_t lo, std::size_t hi) { body(local_workspace(), lo, hi); });
+    }
+
+    [[nodiscard]] matmul_weights weights_view() const noexcept {
+        return {proj_w_.data(), proj_b_.data(), proj_rows(), memory_dim()};
     }
 
     /// @brief The layer on B sequences of T tokens, in blocks of `block_tokens` tokens: the
-    ///        block's memory vectors, its projections (GEMM in panels of `panel_rows` weight
-    ///        rows), the gates, u and RMSNorm token by token, then the convolution. With
-    ///        `threads_ > 1`, each of the three phases splits its panels or tokens between
-    ///        threads; every value is computed by the same code on the same operands as with one
-    ///        thread, so the output is bit-identical.
+    ///        block's memory vectors, its projections (one call of the matmul backend), the
+    ///        gates, u and RMSNorm token by token, then the convolution. With `threads_ > 1`,
+    ///        each of the three phases splits its panels or tokens between threads; every value
+    ///        is computed by the same code on the same operands as with one thread, so the output
+    ///        is bit-identical (with host_matmul).
     void run(memory_source memory, std::size_t batch, std::size_t seq_len, strided<const float> hidden,
              strided<float> out, std::span<const std::uint8_t> token_mask, decode_state* state,
              std::span<const token_id> raw) const {
@@ -883,8 +739,6 @@ private:
             conv_t = transposed_conv(ws);
             zeros = zero_row(ws);
         }
-        const std::size_t panels =
-            (rows + static_cast<std::size_t>(panel_rows) - 1) / static_cast<std::size_t>(panel_rows);
         for (std::size_t first = 0; first < tokens; first += block_tokens) {
             const std::size_t nb = std::min(block_tokens, tokens - first);
             const float* e = memory(ws, first, nb);
@@ -896,16 +750,8 @@ private:
             }
             float* p = grow(ws.p, nb * rows);
             float* alpha = grow(ws.alpha, nb * m_count);
-            std::uint32_t* e16 = nullptr;
-            if (format_ == weight_format::bf16_dot) {
-                const std::size_t pairs = proj_packed_.pairs(), d_mem = memory_dim();
-                e16 = grow(ws.e16, nb * pairs);
-                for (std::size_t i = 0; i < nb; ++i) kernels::to_bf16_pairs(e + i * d_mem, d_mem, e16 + i * pairs);
-            }
-            on_threads(panels, [&](workspace& tws, std::size_t lo, std::size_t hi) {
-                for (std::size_t pi = lo; pi < hi; ++pi)
-                    project_panel(tws, e, e16, nb, p, static_cast<Eigen::Index>(pi) * panel_rows);
-            });
+            matmul_.forward(weights_view(), e, nb, p, threads_);
+            if constexpr (projection_type::transforms_output) projection_type::finish(p, nb * rows);
             auto gate = [&](std::size_t i, float* u) {
                 const std::size_t g = first + i;
                 const bool keep = token_mask.empty() || token_mask[g] != 0;
@@ -1007,9 +853,7 @@ private:
     row_matrix key_norm_, hidden_norm_;
     row_matrix conv_w_, conv_norm_;
     std::size_t threads_ = 1;
-    weight_format format_ = weight_format::f32;
-    std::vector<bfloat16> proj_w16_;   ///< bf16 copy of proj_w_ (weight_format::bf16)
-    kernels::packed_bf16 proj_packed_; ///< bf16 copy of proj_w_ packed for dot products (bf16_dot)
+    matmul_type matmul_;
 };
 
 ENGRAM_END_NAMESPACE
