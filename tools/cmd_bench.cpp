@@ -13,6 +13,9 @@
 #include <engram/prefetch.hpp>
 #include <engram/storage/dense.hpp>
 #include <engram/storage/file.hpp>
+#include <engram/storage/quantized.hpp>
+
+#include "bench_projection.hpp"
 
 #include <fcntl.h>    // for open, posix_fadvise
 #include <sys/mman.h> // for mmap, mincore, munmap
@@ -707,201 +710,217 @@ int run_lookup(const lookup_options& opt, const engram::layer_config& cfg) {
     }));
     g_sink = g_sink + static_cast<std::uint64_t>(out[out.size() / 2] != 0.0f) + out16[7].bits;
 
-    // 3. Forward, B = 1, T = 512, against a GEMM of the projection shapes alone.
-    const std::size_t T = std::min<std::size_t>(512, n_tok);
-    std::vector<float> hidden(T * M * H), fwd_out(T * M * H);
+    // 2b. Every other codec against a bare copy of rows of its own size.
+    struct codec_figure {
+        const char* name;
+        double mtok, limit;
+    };
+    std::vector<codec_figure> codec_gathers = {{"f32", gather_mtok, probe_mtok}, {"bf16", gather16_mtok, probe16_mtok}};
+    auto codec_gather = [&]<class Codec>(const char* name, std::type_identity<Codec>) {
+        engram::dense_storage::table<Codec> t(rows, dim);
+        {
+            progress_ticker p(std::string("building the ") + name + " copy of the rows");
+            engram_bench::fill_table(t);
+        }
+        const double g =
+            rate(best_seconds(reps, [&](std::size_t) { engram::gather(t, next_slice(), std::span<float>(out)); }));
+        std::vector<std::byte> copy(slice * heads * t.row_bytes());
+        const double l = rate(best_seconds(
+            reps, [&](std::size_t) { engram_bench::probe_copy(t.bytes(), t.row_bytes(), next_slice(), copy.data()); }));
+        codec_gathers.push_back({name, g, l});
+        g_sink = g_sink + static_cast<std::uint64_t>(copy[5]);
+    };
+    codec_gather("f16", std::type_identity<engram::f16_codec>{});
+    codec_gather("fp8", std::type_identity<engram::fp8_e4m3_codec>{});
+    codec_gather("int8", std::type_identity<engram::int8_codec>{});
+
+    // 3. The projections: every weight format and matmul backend (bench_projection.hpp).
+    namespace pb = projection_bench;
+    pb::inputs in;
+    in.tokens = tokens;
+    in.T = std::min<std::size_t>(512, n_tok);
+    const std::size_t T = in.T;
+    in.reps = reps;
+    in.fwd_reps = opt.quick ? 3 : 2 * reps;
+    in.decode_block = opt.quick ? 32 : 64;
+    in.hidden.resize(T * M * H);
     {
         std::mt19937_64 rng(3);
         std::normal_distribution<float> normal(0.0f, 1.0f);
-        for (auto& v : hidden) v = normal(rng);
+        for (auto& v : in.hidden) v = normal(rng);
     }
-    const std::size_t fwd_reps = opt.quick ? 3 : 2 * reps;
-    std::size_t fwd_at = 0;
-    // Best-of forward time (ms) on `threads` threads, each repetition on the stream's next T tokens.
-    auto time_forward = [&](std::size_t threads) {
-        layer.set_threads(threads);
-        const double ms =
-            1e3 * best_seconds(fwd_reps, [&](std::size_t) {
-                if (fwd_at + T > n_tok) fwd_at = 0;
-                layer.forward(std::span<const engram::token_id>(tokens).subspan(fwd_at, T), 1, T, hidden, fwd_out);
-                fwd_at += T;
-            });
-        layer.set_threads(1);
-        return ms;
-    };
-    const double forward_ms = time_forward(1);
-    // The same forward on 2 threads (token tiles split between them; bit-identical output).
-    const double forward_ms2 = time_forward(2);
-    engram::row_matrix x = engram::row_matrix::Random(static_cast<Eigen::Index>(T), static_cast<Eigen::Index>(D));
+    in.e.resize(T * D);
+    {
+        std::vector<engram::row_id> ids(T * heads);
+        layer.rows(std::span<const engram::token_id>(tokens).first(T), 1, T, ids);
+        layer.memory(ids, in.e);
+    }
+    const double small_params = 4.0 * static_cast<double>((1 + M) * H + 2 * M * H + M * H * Kc + M * H);
+    std::vector<pb::figures> configs;
+    for (auto f : {engram::weight_format::f32, engram::weight_format::bf16, engram::weight_format::bf16_dot,
+                   engram::weight_format::int8}) {
+        progress_ticker p(std::string("projections: host ") + std::string(engram::to_string(f)));
+        configs.push_back(pb::measure(layer, f, "host", in, small_params));
+    }
+    // Limits: Eigen's f32 GEMM of the projection shapes (the earlier bound) and DRAM bandwidth.
+    engram::row_matrix x =
+        Eigen::Map<const engram::row_matrix>(in.e.data(), static_cast<Eigen::Index>(T), static_cast<Eigen::Index>(D));
     engram::row_matrix y(static_cast<Eigen::Index>(T), static_cast<Eigen::Index>((1 + M) * H));
     const auto& w = layer.projection_weight();
-    const double bound_ms = 1e3 * best_seconds(fwd_reps, [&](std::size_t) { y.noalias() = x * w.transpose(); });
-    g_sink = g_sink + static_cast<std::uint64_t>(y(0, 0) != 0.0f) + static_cast<std::uint64_t>(fwd_out[5] != 0.0f);
-    // Our own GEMM kernels alone on the same shapes (what the forward spends in its projections):
-    // f32 panels packed then multiplied (AVX-512 only), and the bf16 dot products (the weights
-    // packed once, as set_weight_format does; the memory vectors rounded per call).
-    const auto rows_w = static_cast<std::size_t>(w.rows()), cols_w = static_cast<std::size_t>(w.cols());
-    const std::vector<float> zero_bias(rows_w, 0.0f);
-    double kernel_ms = 0;
-    if (engram::kernels::gemm_f32_available()) {
-        std::vector<float> panel(512 * cols_w);
-        kernel_ms = 1e3 * best_seconds(fwd_reps, [&](std::size_t) {
-                        for (std::size_t r0 = 0; r0 < rows_w; r0 += 512) {
-                            const std::size_t nr = std::min<std::size_t>(512, rows_w - r0);
-                            engram::kernels::pack_f32_strips(w.data() + r0 * cols_w, cols_w, nr, cols_w, panel.data());
-                            engram::kernels::gemm_f32_packed(panel.data(), nr, cols_w, x.data(), cols_w, T,
-                                                             zero_bias.data() + r0, y.data() + r0, rows_w);
-                        }
-                    });
-    }
-    const engram::kernels::packed_bf16 w_dot(w.data(), rows_w, cols_w);
-    std::vector<std::uint32_t> x_dot(T * w_dot.pairs());
-    const double kernel_dot_ms =
-        1e3 * best_seconds(fwd_reps, [&](std::size_t) {
-            for (std::size_t i = 0; i < T; ++i)
-                engram::kernels::to_bf16_pairs(x.data() + i * cols_w, cols_w, x_dot.data() + i * w_dot.pairs());
-            engram::kernels::gemm_bf16_dot(w_dot, 0, w_dot.strips(), x_dot.data(), w_dot.pairs(), T, y.data(), rows_w,
-                                           zero_bias.data());
-        });
-    g_sink = g_sink + static_cast<std::uint64_t>(y(1, 1) != 0.0f);
-
-    // 4. Decode step against weight bytes / read bandwidth.
+    const double bound_ms = 1e3 * best_seconds(in.fwd_reps, [&](std::size_t) { y.noalias() = x * w.transpose(); });
+    g_sink = g_sink + static_cast<std::uint64_t>(y(0, 0) != 0.0f);
     const std::size_t bw_bytes = std::min<std::size_t>(std::size_t{1} << 30, table.size_bytes());
     const double bandwidth = read_bandwidth(table.data(), bw_bytes, reps);
-    const double small_params = static_cast<double>((1 + M) * H + 2 * M * H + M * H * Kc + M * H);
-    const double weight_bytes = 4.0 * (static_cast<double>((1 + M) * H * D) + small_params);
-    const double weight_bytes16 = 2.0 * static_cast<double>((1 + M) * H * D) + 4.0 * small_params;
-    const double decode_bound_us = weight_bytes / bandwidth * 1e6;
-    const double decode_bound_us16 = weight_bytes16 / bandwidth * 1e6;
-    auto state = layer.new_decode_state();
-    std::vector<float> step_in(M * H), step_out(M * H);
-    std::copy_n(hidden.begin(), step_in.size(), step_in.begin());
-    const std::size_t block = opt.quick ? 32 : 64;
-    std::size_t dec_at = 0;
-    // Best-of decode step time (µs), averaged over blocks of `block` steps along the stream.
-    auto time_decode = [&] {
-        return 1e6 / static_cast<double>(block) * best_seconds(reps + 1, [&](std::size_t) {
-                   for (std::size_t i = 0; i < block; ++i) {
-                       layer.decode_step(state, tokens[dec_at], step_in, step_out);
-                       dec_at = (dec_at + 1) % n_tok;
-                   }
-               });
+    double onednn_gemm_ms = 0;
+    std::string onednn_gemm_impl = "n/a (engram built without oneDNN)";
+#if ENGRAM_CLI_ONEDNN
+    {
+        progress_ticker p("projections: oneDNN bf16 GEMM probe, onednn_matmul bf16_dot and int8");
+        onednn_gemm_ms = pb::onednn_bf16_gemm_ms(T, D, (1 + M) * H, in.fwd_reps, onednn_gemm_impl);
+        // The same layer with the oneDNN backend: the table moves over (one copy in RAM).
+        using dnnl_layer = engram::layer<pb::with_onednn<typename Layer::policies_type>>;
+        dnnl_layer dl(cfg, layer.vocab(), std::move(layer.table()), layer.layout().multipliers);
+        pb::copy_parameters(layer, dl);
+        for (auto f : {engram::weight_format::bf16_dot, engram::weight_format::int8})
+            configs.push_back(pb::measure(dl, f, "onednn", in, small_params));
+        layer.table() = std::move(dl.table());
+    }
+#endif
+    const pb::figures* best_fwd = &configs[0];
+    const pb::figures* best_dec = &configs[0];
+    for (const auto& c : configs) {
+        if (c.forward_ms < best_fwd->forward_ms) best_fwd = &c;
+        if (c.decode_us < best_dec->decode_us) best_dec = &c;
+    }
+    auto find = [&](const char* key) -> const pb::figures& {
+        for (const auto& c : configs)
+            if (c.key() == key) return c;
+        return configs[0];
     };
-    const double decode_us = time_decode();
-
-    // 5. bf16 projection weights: decode against bf16 weight bytes / bandwidth, and the forward.
-    layer.set_weight_format(engram::weight_format::bf16);
-    const double decode_us16 = time_decode();
-    const double forward_ms16 = time_forward(1);
-    // 6. bf16 dot products (bf16 weights and memory vectors, float accumulation): decode, forward
-    // on 1 and 2 threads.
-    layer.set_weight_format(engram::weight_format::bf16_dot);
-    const double decode_us_dot = time_decode();
-    const double forward_ms_dot = time_forward(1);
-    const double forward_ms_dot2 = time_forward(2);
-    layer.set_weight_format(engram::weight_format::f32);
+    const pb::figures& f32 = find("f32");
 
     // Report.
     const std::string gb = fmt_num(static_cast<double>(table.size_bytes()) / 1e9, 2);
     struct line {
         std::string figure, ours, limit, ratio;
     };
-    const std::vector<line> lines = {
+    std::vector<line> lines = {
         {"hash, 1 layer x " + std::to_string(heads) + " heads", fmt_num(hash_mtok, 1) + " Mtok/s",
          "NumPy peer: bench/peers", "-"},
         {"hash, into one stream array", fmt_num(hash_stream_mtok, 1) + " Mtok/s",
          "16,384-token buffer " + fmt_num(hash_mtok, 1) + " Mtok/s", fmt_num(hash_stream_mtok / hash_mtok, 2)},
-        {"gather f32, " + std::to_string(slice) + " tok/batch", fmt_num(gather_mtok, 2) + " Mtok/s",
-         "probe " + fmt_num(probe_mtok, 2) + " Mtok/s", fmt_num(gather_mtok / probe_mtok, 2)},
-        {"gather bf16 -> f32", fmt_num(gather16_mtok, 2) + " Mtok/s", "probe " + fmt_num(probe16_mtok, 2) + " Mtok/s",
-         fmt_num(gather16_mtok / probe16_mtok, 2)},
-        {"forward B=1 T=" + std::to_string(T), fmt_num(forward_ms, 2) + " ms", "GEMM " + fmt_num(bound_ms, 2) + " ms",
-         fmt_num(bound_ms / forward_ms, 2)},
-        {"forward vs our GEMM alone", fmt_num(forward_ms, 2) + " ms",
-         kernel_ms > 0 ? "f32 kernel " + fmt_num(kernel_ms, 2) + " ms" : "n/a (no AVX-512)",
-         kernel_ms > 0 ? fmt_num(kernel_ms / forward_ms, 2) : "-"},
-        {"decode step, f32 weights", fmt_num(decode_us, 1) + " us", "bound " + fmt_num(decode_bound_us, 1) + " us",
-         fmt_num(decode_bound_us / decode_us, 2)},
-        {"forward, 2 threads", fmt_num(forward_ms2, 2) + " ms", "1 thread " + fmt_num(forward_ms, 2) + " ms",
-         fmt_num(forward_ms / forward_ms2, 2) + "x"},
-        {"forward, bf16 weights", fmt_num(forward_ms16, 2) + " ms", "GEMM " + fmt_num(bound_ms, 2) + " ms (f32)",
-         fmt_num(bound_ms / forward_ms16, 2)},
-        {"decode step, bf16 weights", fmt_num(decode_us16, 1) + " us", "bound " + fmt_num(decode_bound_us16, 1) + " us",
-         fmt_num(decode_bound_us16 / decode_us16, 2)},
-        {"forward, bf16 dot products", fmt_num(forward_ms_dot, 2) + " ms", "GEMM " + fmt_num(bound_ms, 2) + " ms (f32)",
-         fmt_num(bound_ms / forward_ms_dot, 2)},
-        {"forward bf16 dot vs its GEMM", fmt_num(forward_ms_dot, 2) + " ms",
-         "bf16 dot kernel " + fmt_num(kernel_dot_ms, 2) + " ms", fmt_num(kernel_dot_ms / forward_ms_dot, 2)},
-        {"forward, bf16 dot, 2 threads", fmt_num(forward_ms_dot2, 2) + " ms",
-         "1 thread " + fmt_num(forward_ms_dot, 2) + " ms", fmt_num(forward_ms_dot / forward_ms_dot2, 2) + "x"},
-        {"decode step, bf16 dot", fmt_num(decode_us_dot, 1) + " us", "bound " + fmt_num(decode_bound_us16, 1) + " us",
-         fmt_num(decode_bound_us16 / decode_us_dot, 2)},
-        {"threads (forward, figures)", "1", "except the 2-thread rows", ""},
-        {"hash, 2 threads", fmt_num(hash_mtok2, 1) + " Mtok/s", "1 thread " + fmt_num(hash_mtok, 1) + " Mtok/s",
-         fmt_num(hash_mtok2 / hash_mtok, 2) + "x"},
-        {"gather f32, 2 threads", fmt_num(gather_mtok2, 2) + " Mtok/s",
-         "1 thread " + fmt_num(gather_mtok, 2) + " Mtok/s", fmt_num(gather_mtok2 / gather_mtok, 2) + "x"},
     };
+    for (const auto& g : codec_gathers)
+        lines.push_back({std::string("gather ") + g.name + (g.name == std::string("f32") ? "" : " -> f32") + ", " +
+                             std::to_string(slice) + " tok",
+                         fmt_num(g.mtok, 2) + " Mtok/s", "probe " + fmt_num(g.limit, 2) + " Mtok/s",
+                         fmt_num(g.mtok / g.limit, 2)});
+    lines.push_back({"forward B=1 T=" + std::to_string(T) + ", f32", fmt_num(f32.forward_ms, 2) + " ms",
+                     "Eigen GEMM " + fmt_num(bound_ms, 2) + " ms", fmt_num(bound_ms / f32.forward_ms, 2)});
+    for (const auto& c : configs) {
+        lines.push_back({"forward " + c.key(), fmt_num(c.forward_ms, 2) + " ms",
+                         "its GEMM alone " + fmt_num(c.gemm_ms, 2) + " ms", fmt_num(c.gemm_ms / c.forward_ms, 2)});
+        lines.push_back({"  2 threads", fmt_num(c.forward_ms_2t, 2) + " ms",
+                         "1 thread " + fmt_num(c.forward_ms, 2) + " ms",
+                         fmt_num(c.forward_ms / c.forward_ms_2t, 2) + "x"});
+        lines.push_back({"decode step " + c.key(), fmt_num(c.decode_us, 1) + " us",
+                         "read " + fmt_num(c.weight_bytes / 1e6, 1) + " MB " + fmt_num(c.decode_bound_us, 1) + " us",
+                         fmt_num(c.decode_bound_us / c.decode_us, 2)});
+    }
+    if (onednn_gemm_ms > 0)
+        lines.push_back({"forward, fastest (" + best_fwd->key() + ")", fmt_num(best_fwd->forward_ms, 2) + " ms",
+                         "oneDNN bf16 GEMM " + fmt_num(onednn_gemm_ms, 2) + " ms",
+                         fmt_num(onednn_gemm_ms / best_fwd->forward_ms, 2)});
+    lines.push_back({"forward, fastest (" + best_fwd->key() + ")", fmt_num(best_fwd->forward_ms, 2) + " ms",
+                     "its GEMM alone " + fmt_num(best_fwd->gemm_ms, 2) + " ms",
+                     fmt_num(best_fwd->gemm_ms / best_fwd->forward_ms, 2)});
+    lines.push_back({"decode, fastest (" + best_dec->key() + ")", fmt_num(best_dec->decode_us, 1) + " us",
+                     "read " + fmt_num(best_dec->decode_bound_us, 1) + " us",
+                     fmt_num(best_dec->decode_bound_us / best_dec->decode_us, 2)});
+    lines.push_back({"threads (figures)", "1", "except the 2-thread rows", ""});
+    lines.push_back({"hash, 2 threads", fmt_num(hash_mtok2, 1) + " Mtok/s",
+                     "1 thread " + fmt_num(hash_mtok, 1) + " Mtok/s", fmt_num(hash_mtok2 / hash_mtok, 2) + "x"});
+    lines.push_back({"gather f32, 2 threads", fmt_num(gather_mtok2, 2) + " Mtok/s",
+                     "1 thread " + fmt_num(gather_mtok, 2) + " Mtok/s", fmt_num(gather_mtok2 / gather_mtok, 2) + "x"});
     std::cout << "\n";
-    std::cout << lformat("%-28s %-16s %-30s %s\n", "figure", "ours", "limit or peer", "ratio");
+    std::cout << lformat("%-30s %-16s %-34s %s\n", "figure", "ours", "limit or peer", "ratio");
     for (const auto& l : lines)
-        std::cout << lformat("%-28s %-16s %-30s %s\n", l.figure.c_str(), l.ours.c_str(), l.limit.c_str(),
+        std::cout << lformat("%-30s %-16s %-34s %s\n", l.figure.c_str(), l.ours.c_str(), l.limit.c_str(),
                              l.ratio.c_str());
     std::cout << "\n  ratio = our speed / the limit's speed (1.00: at the limit; above 1: faster than the probe)\n"
-              << "  probe: the same rows copied by a bare memcpy loop from a table of the same size (" << gb
-              << " GB f32)\n"
-              << "  GEMM: Eigen [" << T << ", " << D << "] x [" << D << ", " << (1 + M) * H
-              << "], the projections alone; f32 kernel / bf16 dot kernel: ours on the same shapes\n"
-              << "  decode bound: weight bytes " << fmt_num(weight_bytes / 1e6, 2) << " MB / read bandwidth "
-              << fmt_num(bandwidth / 1e9, 2) << " GB/s (sum of " << fmt_num(static_cast<double>(bw_bytes) / 1e9, 2)
-              << " GB); bf16: " << fmt_num(weight_bytes16 / 1e6, 2) << " MB (projection in bf16)\n"
-              << "  forward, 2 threads: layer.set_threads(2), token tiles split between 2 threads\n"
-              << "  bf16 dot: weight_format::bf16_dot, weights and memory vectors in bf16, float accumulation\n"
-              << "  2 threads (hash, gather): the batch split in two halves on std::threads (scaling vs 1 thread)\n"
-              << "  hash: batches of 16,384 tokens into one reused buffer; 'into one stream array': every batch's\n"
-              << "  row ids kept (" << fmt_num(static_cast<double>(n_tok * heads * 8) / 1e6, 0)
-              << " MB of stores, bound by write bandwidth)\n";
+              << "  gather probe: the same rows' stored bytes copied by a bare memcpy loop, from a table of the\n"
+              << "  same codec and size (" << gb << " GB in f32)\n"
+              << "  forward <key>: weight format (host_matmul) or onednn_<format> (onednn_matmul); its GEMM alone:\n"
+              << "  that backend's projections [" << T << ", " << D << "] x [" << D << ", " << (1 + M) * H
+              << "] on the same memory vectors (incl. rounding them to bf16 / int8)\n"
+              << "  decode read: the bytes one step reads (the projection in its format + norms, conv, bias) read\n"
+              << "  once from a buffer of that size (in cache when it fits, as the weights are between steps)\n"
+              << "  oneDNN bf16 GEMM: " << onednn_gemm_impl << ", operands already bf16, weights prepacked\n"
+              << "  paths:\n";
+    for (const auto& c : configs)
+        std::cout << "    " << lformat("%-16s", c.key().c_str()) << " forward " << c.forward_path << "; decode "
+                  << c.decode_path << "\n";
+    std::cout << "  DRAM read bandwidth " << fmt_num(bandwidth / 1e9, 2) << " GB/s (sum of "
+              << fmt_num(static_cast<double>(bw_bytes) / 1e9, 2) << " GB of the table)\n";
     std::cout.flush();
 
     if (!opt.json.empty()) {
         std::ostringstream js;
         js.precision(10);
-        auto kv = [&](const char* k, double v, bool last = false) {
-            js << "  \"" << k << "\": " << v << (last ? "\n" : ",\n");
+        auto kv = [&](const std::string& k, double v) { js << "  \"" << k << "\": " << v << ",\n"; };
+        auto ks = [&](const std::string& k, const std::string& v) {
+            js << "  \"" << k << "\": \"";
+            for (char ch : v) {
+                if (ch == '"' || ch == '\\') js << '\\';
+                js << ch;
+            }
+            js << "\",\n";
         };
         js << "{\n";
         kv("hash_mtok_s", hash_mtok);
         kv("hash_mtok_s_2t", hash_mtok2);
         kv("hash_stream_mtok_s", hash_stream_mtok);
-        kv("gather_mtok_s", gather_mtok);
-        kv("gather_limit_mtok_s", probe_mtok);
+        for (const auto& g : codec_gathers) {
+            const std::string n = g.name == std::string("f32") ? "" : std::string(g.name) + "_";
+            kv("gather_" + n + "mtok_s", g.mtok);
+            kv("gather_" + n + "limit_mtok_s", g.limit);
+        }
         kv("gather_mtok_s_2t", gather_mtok2);
-        kv("gather_bf16_mtok_s", gather16_mtok);
-        kv("gather_bf16_limit_mtok_s", probe16_mtok);
         kv("gather_tokens_per_batch", static_cast<double>(slice));
-        kv("forward_ms_t512", forward_ms);
+        // Every configuration, then the names the earlier benches used.
+        for (const auto& c : configs) {
+            kv("forward_ms_t512_" + c.key(), c.forward_ms);
+            kv("forward_ms_t512_" + c.key() + "_2t", c.forward_ms_2t);
+            kv("gemm_ms_t512_" + c.key(), c.gemm_ms);
+            kv("decode_us_" + c.key(), c.decode_us);
+            kv("decode_bound_us_" + c.key(), c.decode_bound_us);
+            kv("weight_bytes_" + c.key(), c.weight_bytes);
+            ks("forward_path_" + c.key(), c.forward_path);
+            ks("decode_path_" + c.key(), c.decode_path);
+        }
+        kv("forward_ms_t512", f32.forward_ms);
+        kv("forward_ms_t512_2t", f32.forward_ms_2t);
         kv("forward_bound_ms_t512", bound_ms);
-        kv("gemm_f32_kernel_ms_t512", kernel_ms);
-        kv("gemm_bf16_dot_kernel_ms_t512", kernel_dot_ms);
-        kv("decode_us", decode_us);
-        kv("decode_bound_us", decode_bound_us);
-        kv("forward_ms_t512_2t", forward_ms2);
-        kv("forward_ms_t512_bf16", forward_ms16);
-        kv("decode_us_bf16", decode_us16);
-        kv("decode_bound_us_bf16", decode_bound_us16);
-        kv("weight_bytes_bf16", weight_bytes16);
-        kv("forward_ms_t512_bf16_dot", forward_ms_dot);
-        kv("forward_ms_t512_bf16_dot_2t", forward_ms_dot2);
-        kv("decode_us_bf16_dot", decode_us_dot);
+        kv("gemm_f32_kernel_ms_t512", f32.gemm_ms);
+        kv("gemm_bf16_dot_kernel_ms_t512", find("bf16_dot").gemm_ms);
+        kv("decode_us", f32.decode_us);
+        kv("decode_bound_us", f32.decode_bound_us);
+        kv("weight_bytes", f32.weight_bytes);
+        kv("forward_ms_t512_best", best_fwd->forward_ms);
+        ks("forward_best_format", best_fwd->key());
+        kv("gemm_best_ms_t512", best_fwd->gemm_ms);
+        kv("decode_us_best", best_dec->decode_us);
+        ks("decode_best_format", best_dec->key());
+        kv("decode_bound_us_best", best_dec->decode_bound_us);
+        kv("gemm_onednn_bf16_ms_t512", onednn_gemm_ms);
+        ks("gemm_onednn_bf16_impl", onednn_gemm_impl);
         kv("read_bandwidth_gb_s", bandwidth / 1e9);
-        kv("weight_bytes", weight_bytes);
         kv("max_ngram", static_cast<double>(cfg.hash.max_ngram));
         kv("table_rows", static_cast<double>(rows));
         kv("table_gb_f32", static_cast<double>(table.size_bytes()) / 1e9);
         kv("reps", static_cast<double>(reps));
         kv("quick", opt.quick ? 1.0 : 0.0);
-        kv("threads", 1.0, true);
-        js << "}\n";
+        js << "  \"threads\": 1\n}\n";
         write_atomically(opt.json, js.str());
         std::cout << "  wrote " << opt.json << "\n";
     }

@@ -144,6 +144,13 @@ def make_layer_cls():
             self.conv_w = t(w["short_conv.conv.weight"])                             # [M*H, 1, Kc]
             self.conv_taps = self.conv_w[:, 0, :].t().contiguous()                   # [Kc, M*H]
             self.gate_eps, self.conv_eps = gate_eps, conv_eps
+            self.bf16 = False
+
+        def set_bf16(self, on=True):
+            """Projections in bf16 (PyTorch's bf16 `linear`: oneDNN on the CPU): W, b and the memory
+            vectors rounded to bf16, the product returned as float."""
+            self.bf16 = on
+            self.Wb, self.bb = self.W.bfloat16(), self.b.bfloat16()
 
         @staticmethod
         def rms(x, w, eps):
@@ -153,7 +160,9 @@ def make_layer_cls():
             """hash_ids [B,T,heads] long, hidden [B,T,M,H] -> u [B,T,M,H] and its conv input [B,T,M,H]."""
             B, T = hash_ids.shape[:2]
             e = F.embedding(hash_ids + self.offsets, self.table).reshape(B, T, -1)
-            if B * T == 1:   # decode: OpenBLAS sgemm with one row is ~5x slower than sgemv here
+            if self.bf16:
+                kv = F.linear(e.bfloat16(), self.Wb, self.bb).float().view(B, T, self.M + 1, self.H)
+            elif B * T == 1:   # decode: OpenBLAS sgemm with one row is ~5x slower than sgemv here
                 kv = torch.addmv(self.b, self.W, e.view(-1)).view(B, T, self.M + 1, self.H)
             else:
                 kv = F.linear(e, self.W, self.b).view(B, T, self.M + 1, self.H)
@@ -188,6 +197,13 @@ def make_layer_cls():
             return u + F.silu(y), buf[:, 1:]
 
     return EngramLayer
+
+
+def F_embed(layer, hash_ids):
+    """The memory vectors [B*T, D] of hash ids [B, T, heads] (the projections' input)."""
+    import torch.nn.functional as F
+    B, T = hash_ids.shape[:2]
+    return F.embedding(hash_ids + layer.offsets, layer.table).reshape(B * T, -1).contiguous()
 
 
 # ---------------------------------------------------------------- check
@@ -356,9 +372,31 @@ def cmd_bench(args):
     hs = torch.randn(1, T, M, H)
     res["forward"] = {}
     res["decode"] = {}
+    res["projections"] = {}
+    e512 = F_embed(layer, hid)
+    e1 = e512[:1].contiguous()
     with torch.inference_mode():
         for nt in args.threads:
             torch.set_num_threads(nt)
+            # The projections alone (the layer's [512, 1024] x [1024, 5120] and one token), f32 and
+            # bf16 (oneDNN's bf16 matmul; AMX on CPUs that have it).
+            import torch.nn.functional as F
+            Wb, bb, e512b, e1b = layer.W.bfloat16(), layer.b.bfloat16(), e512.bfloat16(), e1.bfloat16()
+            pr = {"f32_ms_t512": best_of(lambda: F.linear(e512, layer.W, layer.b), args.reps) * 1e3,
+                  "bf16_ms_t512": best_of(lambda: F.linear(e512b, Wb, bb), args.reps) * 1e3}
+            steps = args.decode_steps
+
+            def many(fn):
+                def run():
+                    for _ in range(steps):
+                        fn()
+                return run
+            pr["f32_us_t1"] = best_of(many(lambda: torch.addmv(layer.b, layer.W, e1.view(-1))), args.reps) / steps * 1e6
+            pr["bf16_us_t1"] = best_of(many(lambda: F.linear(e1b, Wb, bb)), args.reps) / steps * 1e6
+            res["projections"][str(nt)] = pr
+            print(f"torch threads={nt}: projections alone: T=512 f32 {pr['f32_ms_t512']:.2f} ms, bf16 "
+                  f"{pr['bf16_ms_t512']:.2f} ms; one token f32 {pr['f32_us_t1']:.1f} us, bf16 {pr['bf16_us_t1']:.1f} us",
+                  flush=True)
             sec = best_of(lambda: layer(hid, hs), args.reps)
             res["forward"][str(nt)] = {"forward_ms_t512": sec * 1e3}
             # decode: one token, cached conv state (embedding gather + projections + gate + norm + conv tap)
@@ -372,6 +410,16 @@ def cmd_bench(args):
             res["decode"][str(nt)] = {"decode_us": dsec * 1e6}
             print(f"torch threads={nt}: forward B=1 T=512 best of {args.reps}: {sec * 1e3:.2f} ms; "
                   f"decode step (1 token, cached conv state): {dsec * 1e6:.1f} us", flush=True)
+            # The same layer with bf16 projections.
+            layer.set_bf16(True)
+            sec16 = best_of(lambda: layer(hid, hs), args.reps)
+            state = layer.init_state(1)
+            dsec16 = best_of(dec, args.reps) / args.decode_steps
+            layer.set_bf16(False)
+            res["forward"][str(nt)]["forward_ms_t512_bf16"] = sec16 * 1e3
+            res["decode"][str(nt)]["decode_us_bf16"] = dsec16 * 1e6
+            print(f"torch threads={nt}, bf16 projections: forward {sec16 * 1e3:.2f} ms; decode step "
+                  f"{dsec16 * 1e6:.1f} us", flush=True)
     res["loadavg_at_end"] = os.getloadavg()
     res["blas"] = blas_info()
     res["torch_config"] = torch.__config__.show()
@@ -438,6 +486,23 @@ def cmd_compare(args):
     if ours.get("decode_us_bf16_dot"):
         out["decode_bf16_dot_torch_over_ours"] = line("decode, our bf16 dot products, PyTorch (f32)/ours",
                                                       dec["decode_us"], ours.get("decode_us_bf16_dot"), 2)
+    # The strongest CPU peer: PyTorch's bf16 projections alone (oneDNN), 1 thread.
+    proj = (peer.get("projections") or {}).get("1")
+    if proj and ours.get("forward_ms_t512_best"):
+        fmt = ours.get("forward_best_format", "?")
+        out["forward_best_over_torch_bf16_gemm"] = bound(
+            f"forward, fastest format ({fmt}), ours / PyTorch bf16 projections alone",
+            proj["bf16_ms_t512"], ours["forward_ms_t512_best"], 1.5)
+    if proj and ours.get("decode_us_best"):
+        out["decode_torch_bf16_proj_over_best"] = line(
+            f"decode, PyTorch bf16 projections of one token / our whole step ({ours.get('decode_best_format', '?')})",
+            proj["bf16_us_t1"], ours["decode_us_best"], 2)
+    if ours.get("forward_ms_t512_best") and ours.get("gemm_best_ms_t512"):
+        out["forward_best_over_own_gemm"] = bound("forward, fastest format, ours / our GEMM alone",
+                                                  ours["gemm_best_ms_t512"], ours["forward_ms_t512_best"], 1.3)
+    if fwd.get("forward_ms_t512_bf16") and ours.get("forward_ms_t512_best"):
+        out["forward_torch_bf16_over_best"] = line("forward, PyTorch bf16 layer / ours (fastest)",
+                                                   fwd["forward_ms_t512_bf16"], ours["forward_ms_t512_best"], 1)
     if dec2:
         print(f"  (PyTorch 2 threads: forward {fwd2['forward_ms_t512']:.1f} ms, decode {dec2['decode_us']:.0f} us)")
     out["forward_over_gemm_bound"] = bound("forward ours/GEMM bound", ours.get("forward_bound_ms_t512"),
