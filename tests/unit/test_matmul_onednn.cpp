@@ -9,8 +9,13 @@
 #include "support/matmul_checks.hpp"
 #include "support/random_inputs.hpp"
 
+#include <cstdlib>
+#include <fstream>
 #include <iostream>
+#include <string>
 #include <vector>
+
+#include <omp.h>
 
 namespace {
 
@@ -22,7 +27,64 @@ struct onednn_policies : engram::layer_policies {
     using matmul_type = engram::onednn_matmul;
 };
 
+/// ONEDNN_MAX_CPU_ISA, when ctest runs this binary a second time with oneDNN held below AVX-512.
+std::string max_isa() {
+    const char* v = std::getenv("ONEDNN_MAX_CPU_ISA");
+    return v != nullptr ? v : "";
+}
+
+/// Whether /proc/cpuinfo lists `flag` (e.g. amx_bf16).
+bool cpu_has(const std::string& flag) {
+    std::ifstream in("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(in, line))
+        if (line.rfind("flags", 0) == 0) return (line + ' ').find(' ' + flag + ' ') != std::string::npos;
+    return false;
+}
+
 } // namespace
+
+TEST_CASE("onednn_matmul: which kernels run here", "[matmul][onednn]") {
+    const auto c = make_matmul_case(650, 1030, 3);
+    engram::onednn_matmul backend;
+    const bool amx = cpu_has("amx_bf16") && cpu_has("amx_int8");
+    const bool held_back = !max_isa().empty();
+    std::cout << "onednn_matmul on this CPU" << (held_back ? " with ONEDNN_MAX_CPU_ISA=" + max_isa() : "") << ":\n";
+    if (!amx) std::cout << "  skipped: oneDNN's AMX kernels (no amx-bf16/amx-int8 on this CPU)\n";
+    for (auto f : {engram::weight_format::bf16_dot, engram::weight_format::int8}) {
+        backend.set_format(c.view(), f);
+        const std::string path = backend.forward_path();
+        std::cout << "  " << engram::to_string(f) << ": forward " << path << ", decode " << backend.decode_path()
+                  << '\n';
+        if (held_back) {
+            // Below AVX-512 oneDNN has other kernels or none (then host_matmul runs, and says why).
+            if (path.rfind("onednn: ", 0) == 0)
+                CHECK(path.find("avx512") == std::string::npos);
+            else
+                CHECK(path.find("(oneDNN: no ") != std::string::npos);
+        } else {
+            CHECK(path.rfind("onednn: ", 0) == 0);
+            if (amx) CHECK(path.find("amx") != std::string::npos);
+        }
+    }
+    backend.set_format(c.view(), engram::weight_format::f32);
+    CHECK(backend.forward_path().rfind("ours", 0) == 0); // f32 runs host_matmul
+}
+
+TEST_CASE("onednn_matmul: the threads of a call are its own, the caller's OpenMP setting is restored",
+          "[matmul][onednn]") {
+    const auto c = make_matmul_case(520, 96, 4);
+    const auto e = matmul_inputs(40, c.cols, 5);
+    engram::onednn_matmul backend;
+    backend.set_format(c.view(), engram::weight_format::int8);
+    omp_set_num_threads(3);
+    std::vector<float> one(40 * c.rows), two(40 * c.rows);
+    backend.forward(c.view(), e.data(), 40, one.data(), 1);
+    CHECK(omp_get_max_threads() == 3);
+    backend.forward(c.view(), e.data(), 40, two.data(), 2);
+    CHECK(omp_get_max_threads() == 3);
+    CHECK(same_bits(one, two));
+}
 
 TEST_CASE("onednn_matmul: every format against its oracle, both decode paths", "[matmul][onednn]") {
     for (auto choice : {engram::onednn_matmul::decode_choice::ours, engram::onednn_matmul::decode_choice::onednn,
@@ -33,16 +95,6 @@ TEST_CASE("onednn_matmul: every format against its oracle, both decode paths", "
         // bf16_dot is checked against the oracle's bound there, not bit for bit.
         engram_test::check_matmul_backend(backend, {.decode_bits_bf16_dot = false, .thread_bits_float = false});
     }
-    const auto c = make_matmul_case(650, 1030, 3);
-    engram::onednn_matmul backend;
-    for (auto f : {engram::weight_format::bf16_dot, engram::weight_format::int8}) {
-        backend.set_format(c.view(), f);
-        std::cout << "onednn_matmul " << engram::to_string(f) << ": forward " << backend.forward_path() << ", decode "
-                  << backend.decode_path() << '\n';
-        CHECK(backend.forward_path().rfind("onednn: ", 0) == 0);
-    }
-    backend.set_format(c.view(), engram::weight_format::f32);
-    CHECK(backend.forward_path().rfind("ours", 0) == 0); // f32 runs host_matmul
 }
 
 TEST_CASE("onednn_matmul int8 gives host_matmul's bits", "[matmul][onednn][int8]") {

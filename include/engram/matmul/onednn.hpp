@@ -45,7 +45,8 @@ ENGRAM_BEGIN_NAMESPACE
 ///   the two, and between forward and decode.
 /// - Threads: `forward`'s `threads` sets oneDNN's OpenMP threads for the call (restored after).
 /// - A CPU where oneDNN has no primitive for a format falls back to host_matmul (the path
-///   names say so).
+///   names say so), and so does int8 where oneDNN's int8 kernels would not sum exactly (no
+///   VNNI or AMX: u8 x s8 pairs saturate in int16).
 class onednn_matmul {
 public:
     /// Which decode (one-token) path `gemv` takes.
@@ -140,6 +141,15 @@ private:
 
     [[nodiscard]] bool uses_onednn() const noexcept { return state_ && state_->ok; }
 
+    /// Whether oneDNN's int8 kernels on this CPU (as limited by ONEDNN_MAX_CPU_ISA) sum u8 x s8
+    /// products exactly: VNNI (AVX-512 or AVX) or AMX.
+    static bool exact_int8() {
+        using isa = dnnl::cpu_isa;
+        const isa i = dnnl::get_effective_cpu_isa();
+        return i == isa::avx512_core_vnni || i == isa::avx512_core_bf16 || i == isa::avx512_core_amx ||
+               i == isa::avx2_vnni;
+    }
+
     [[nodiscard]] static bool is_int8(const state& s) noexcept { return s.format == weight_format::int8; }
 
     static md src_md(const state& s, std::size_t n) {
@@ -165,6 +175,13 @@ private:
         s.cols = w.cols;
         s.k_stride = is_int8(s) ? 4 * host_.int8_weights().k4() : w.cols;
         const auto k = static_cast<dnnl::memory::dim>(w.cols), nn = static_cast<dnnl::memory::dim>(w.rows);
+        if (is_int8(s) && !exact_int8()) {
+            // Without VNNI oneDNN multiplies u8 x s8 pairs into saturating int16 (vpmaddubsw):
+            // not the exact sums this format promises. host_matmul's are exact.
+            s.ok = false;
+            s.impl = "no exact int8 matmul here (needs VNNI or AMX; u8 x s8 pairs saturate in int16 without)";
+            return;
+        }
         try {
             const thread_scope one(1);
             const md any({k, nn}, is_int8(s) ? dt::s8 : dt::bf16, tag::any);
