@@ -54,24 +54,30 @@ struct inputs {
     std::vector<float> e; ///< [T, D] memory vectors (the projections-alone input)
 };
 
-/// Seconds to read `bytes` from a buffer of that size once (best of reps; the buffer stays in
-/// cache when it fits, as a step's weights do between steps).
+/// Seconds to read `bytes` at `data` once as 64-bit words (best of reps).
+inline double read_seconds(const void* data, std::size_t bytes, std::size_t reps) {
+    const auto* w = static_cast<const std::uint64_t*>(data);
+    const std::size_t n = bytes / 8;
+    return best_of(reps, [&](std::size_t) {
+        std::uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+        std::size_t i = 0;
+        for (; i + 4 <= n; i += 4) {
+            a0 += w[i];
+            a1 += w[i + 1];
+            a2 += w[i + 2];
+            a3 += w[i + 3];
+        }
+        for (; i < n; ++i) a0 += w[i];
+        sink = sink + a0 + a1 + a2 + a3;
+    });
+}
+
+/// Seconds to read `bytes` from a buffer of that size once (best of 4 x reps; the buffer stays
+/// in cache when it fits, as a step's weights do between steps).
 inline double read_seconds(std::size_t bytes, std::size_t reps) {
     std::vector<std::uint64_t> buf(std::max<std::size_t>(bytes / 8, 1));
     for (std::size_t i = 0; i < buf.size(); ++i) buf[i] = i * 0x9e3779b97f4a7c15ull;
-    return best_of(reps * 4, [&](std::size_t) {
-        std::uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-        std::size_t i = 0;
-        const std::size_t n = buf.size();
-        for (; i + 4 <= n; i += 4) {
-            a0 += buf[i];
-            a1 += buf[i + 1];
-            a2 += buf[i + 2];
-            a3 += buf[i + 3];
-        }
-        for (; i < n; ++i) a0 += buf[i];
-        sink = sink + a0 + a1 + a2 + a3;
-    });
+    return read_seconds(buf.data(), buf.size() * 8, reps * 4);
 }
 
 /// Bytes of the stacked projection [rows, cols] in format `f` (int8: the per-channel scales too).

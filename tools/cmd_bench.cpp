@@ -156,21 +156,7 @@ void probe_copy(const engram::dense_storage::table<V>& t, std::span<const engram
 
 /// Sequential read bandwidth (bytes/s, best of reps): sums `bytes` of the buffer as 64-bit words.
 double read_bandwidth(const void* data, std::size_t bytes, std::size_t reps) {
-    const auto* w = static_cast<const std::uint64_t*>(data);
-    const std::size_t n = bytes / 8;
-    const double s = best_seconds(reps, [&](std::size_t) {
-        std::uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-        std::size_t i = 0;
-        for (; i + 4 <= n; i += 4) {
-            a0 += w[i];
-            a1 += w[i + 1];
-            a2 += w[i + 2];
-            a3 += w[i + 3];
-        }
-        for (; i < n; ++i) a0 += w[i];
-        g_sink = g_sink + a0 + a1 + a2 + a3;
-    });
-    return static_cast<double>(n * 8) / s;
+    return static_cast<double>(bytes / 8 * 8) / projection_bench::read_seconds(data, bytes, reps);
 }
 
 std::string fmt_num(double v, int digits) {

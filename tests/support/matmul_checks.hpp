@@ -4,6 +4,7 @@
 // sums of the rounded operands; the int8 format's integers and scaling step exactly), forward
 // against gemv, and thread counts against one thread.
 
+#include <engram/layer/config.hpp>
 #include <engram/matmul/backend.hpp>
 #include <engram/storage/row_types.hpp>
 
@@ -46,6 +47,18 @@ inline std::vector<float> matmul_inputs(std::size_t n, std::size_t cols, std::ui
     if (n > 2)
         for (std::size_t k = 0; k < cols; ++k) e[2 * cols + k] = 0.0f; // an all-zero token
     return e;
+}
+
+/// A small layer configuration for layer-level matmul tests (D = 96: K not a multiple of 32).
+inline engram::layer_config small_layer_config(std::int64_t hidden, std::int64_t branches) {
+    engram::layer_config cfg;
+    cfg.hash.table_size_per_ngram = {400, 550};
+    cfg.hash.heads_per_ngram = 2;
+    cfg.hash.embed_per_ngram = 48;
+    cfg.hidden = hidden;
+    cfg.branches = branches;
+    cfg.kernel_size = 3;
+    return cfg;
 }
 
 inline float round_bf16(float x) { return engram::bfloat16::from_float(x).to_float(); }

@@ -124,13 +124,7 @@ TEST_CASE("weight formats by name", "[matmul]") {
 }
 
 TEST_CASE("layer with int8 weights: forward and decode give the same bits, close to f32", "[matmul][layer]") {
-    engram::layer_config cfg;
-    cfg.hash.table_size_per_ngram = {400, 550};
-    cfg.hash.heads_per_ngram = 2;
-    cfg.hash.embed_per_ngram = 48;
-    cfg.hidden = 64;
-    cfg.branches = 2;
-    cfg.kernel_size = 3;
+    const auto cfg = engram_test::small_layer_config(64, 2);
     engram::layer<> f32(cfg, engram::canonical_table::identity(500)), q(cfg, engram::canonical_table::identity(500));
     f32.randomize(3, 0.3f);
     q.randomize(3, 0.3f);

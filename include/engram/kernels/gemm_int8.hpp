@@ -323,31 +323,11 @@ ENGRAM_VNNI_TARGET inline void gemm_int8_vnni(const packed_int8& w, std::size_t 
         const std::size_t b1 = std::min(s1, b0 + strips_per_pass);
         std::size_t t = 0;
         for (; t + nt <= n; t += nt) int8_strips<nt>(w, b0, b1, a, t, bias, p, ldp);
-        switch (n - t) {
-        case 7:
-            int8_strips<7>(w, b0, b1, a, t, bias, p, ldp);
-            break;
-        case 6:
-            int8_strips<6>(w, b0, b1, a, t, bias, p, ldp);
-            break;
-        case 5:
-            int8_strips<5>(w, b0, b1, a, t, bias, p, ldp);
-            break;
-        case 4:
-            int8_strips<4>(w, b0, b1, a, t, bias, p, ldp);
-            break;
-        case 3:
-            int8_strips<3>(w, b0, b1, a, t, bias, p, ldp);
-            break;
-        case 2:
-            int8_strips<2>(w, b0, b1, a, t, bias, p, ldp);
-            break;
-        case 1:
-            int8_strips<1>(w, b0, b1, a, t, bias, p, ldp);
-            break;
-        default:
-            break;
-        }
+        using tail_fn = void (*)(const packed_int8&, std::size_t, std::size_t, const int8_activations&, std::size_t,
+                                 const float*, float*, std::size_t) noexcept;
+        static constexpr tail_fn tails[nt] = {nullptr,         &int8_strips<1>, &int8_strips<2>, &int8_strips<3>,
+                                              &int8_strips<4>, &int8_strips<5>, &int8_strips<6>, &int8_strips<7>};
+        if (n > t) tails[n - t](w, b0, b1, a, t, bias, p, ldp);
     }
 }
 #undef ENGRAM_VNNI_TARGET

@@ -79,7 +79,8 @@ public:
 
     [[nodiscard]] std::string forward_path() const {
         if (uses_onednn()) return "onednn: " + state_->impl;
-        if (state_ && !state_->ok) return host_.forward_path() + " (oneDNN: " + state_->impl + ")";
+        if (state_ && !state_->ok && !state_->impl.empty()) // a format oneDNN could not take here
+            return host_.forward_path() + " (oneDNN: " + state_->impl + ")";
         return host_.forward_path();
     }
     [[nodiscard]] std::string decode_path() const {
