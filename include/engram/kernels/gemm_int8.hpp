@@ -68,10 +68,11 @@ public:
     packed_int8() = default;
     /// Quantises and packs `w` [rows, cols] (row-major, row stride `ld`).
     packed_int8(const float* w, std::size_t rows, std::size_t cols, std::size_t ld)
-        : rows_(rows), cols_(cols), k4_((cols + 3) / 4), scale_(rows), comp_(padded_rows()), q_(rows * cols),
+        : rows_(rows), cols_(cols), k4_((cols + 3) / 4), scale_(rows), comp_(padded_rows()),
           data_(strips() * k4_ * strip * 4, 0) {
+        std::vector<std::int8_t> q(cols);
+        std::int8_t* qr = q.data();
         for (std::size_t r = 0; r < rows; ++r) {
-            std::int8_t* qr = q_.data() + r * cols;
             scale_[r] = quantize_int8(w + r * ld, cols, qr);
             std::int32_t sum = 0;
             for (std::size_t c = 0; c < cols; ++c) {
@@ -90,8 +91,6 @@ public:
     [[nodiscard]] std::size_t k4() const noexcept { return k4_; }
     [[nodiscard]] const float* scales() const noexcept { return scale_.data(); }
     [[nodiscard]] const std::int32_t* compensation() const noexcept { return comp_.data(); }
-    /// The quantised weights row-major [rows, cols] (for other backends' own packing).
-    [[nodiscard]] const std::int8_t* values() const noexcept { return q_.data(); }
     [[nodiscard]] const std::int8_t* strip_data(std::size_t s) const noexcept {
         return data_.data() + s * k4_ * strip * 4;
     }
@@ -105,7 +104,6 @@ private:
     std::size_t rows_ = 0, cols_ = 0, k4_ = 0;
     std::vector<float> scale_;
     std::vector<std::int32_t> comp_;
-    std::vector<std::int8_t> q_;
     std::vector<std::int8_t> data_;
 };
 

@@ -190,9 +190,14 @@ private:
             // The layer's W [rows, cols] row-major is the [K, N] weights with tag ba.
             const md plain({k, nn}, is_int8(s) ? dt::s8 : dt::bf16, tag::ba);
             std::vector<std::uint16_t> w16;
+            std::vector<std::int8_t> w8;
             void* src = nullptr;
-            if (is_int8(s)) {
-                src = const_cast<std::int8_t*>(host_.int8_weights().values());
+            if (is_int8(s)) { // host_matmul's int8 weights, unpacked to [rows, cols]
+                const auto& q = host_.int8_weights();
+                w8.resize(w.rows * w.cols);
+                for (std::size_t r = 0; r < w.rows; ++r)
+                    for (std::size_t c = 0; c < w.cols; ++c) w8[r * w.cols + c] = q.at(r, c);
+                src = w8.data();
             } else {
                 w16.resize(w.rows * w.cols);
                 for (std::size_t i = 0; i < w16.size(); ++i) w16[i] = bfloat16::from_float(w.w[i]).bits;
