@@ -2,6 +2,7 @@
 // SPDX-License-Identifier: MIT
 // Exact x mod p for a fixed divisor without a division instruction (Barrett reduction).
 
+#include <engram/backend/bodies.hpp>
 #include <engram/config.hpp>
 #include <engram/types.hpp>
 
@@ -21,23 +22,20 @@ public:
     fast_mod() = default;
     /// @pre p >= 1.
     constexpr explicit fast_mod(std::uint64_t p) noexcept
-        : p_(p), m_(p > 1 ? static_cast<std::uint64_t>((detail::uint128{1} << 64) / p) : ~std::uint64_t{0}) {}
+        : p_(p), m_(bodies::barrett_magic(p)) {}
 
     [[nodiscard]] constexpr std::uint64_t divisor() const noexcept { return p_; }
 
     /// x mod p for unsigned x.
     [[nodiscard]] constexpr std::uint64_t operator()(std::uint64_t x) const noexcept {
-        const auto q = static_cast<std::uint64_t>((static_cast<detail::uint128>(x) * m_) >> 64);
-        const std::uint64_t r = x - q * p_;
-        return r >= p_ ? r - p_ : r;
+        return bodies::barrett_mod(x, p_, m_);
     }
+    /// The Barrett constant floor(2^64 / p) (what the CUDA hash kernel is given).
+    [[nodiscard]] constexpr std::uint64_t magic() const noexcept { return m_; }
 
     /// Floor modulo of a signed x (in [0, p) also for negative x), as NumPy's `%`.
     [[nodiscard]] constexpr std::int64_t floor_mod(std::int64_t x) const noexcept {
-        if (x >= 0) return static_cast<std::int64_t>((*this)(static_cast<std::uint64_t>(x)));
-        // -x may not fit (INT64_MIN): reduce the two's complement magnitude as unsigned.
-        const std::uint64_t r = (*this)(0 - static_cast<std::uint64_t>(x));
-        return r == 0 ? 0 : static_cast<std::int64_t>(p_ - r);
+        return bodies::barrett_floor_mod(x, p_, m_);
     }
 
 private:

@@ -3,6 +3,7 @@
 // The reference hash family: multiply-XOR of the window with odd per-layer multipliers, then a
 // floor modulo by each head's prime (spec section 4). Bit-exact with the PyTorch reference.
 
+#include <engram/backend/bodies.hpp>
 #include <engram/concepts.hpp>
 #include <engram/config.hpp>
 #include <engram/hash/fast_mod.hpp>
@@ -31,9 +32,7 @@ public:
 
     template <int N>
     [[nodiscard]] mix_type mix(const token_id* window) const noexcept {
-        std::uint64_t acc = static_cast<std::uint64_t>(window[0]) * multipliers_[0];
-        for (int k = 1; k < N; ++k) acc ^= static_cast<std::uint64_t>(window[k]) * multipliers_[k];
-        return static_cast<mix_type>(acc);
+        return bodies::mix_window(window, multipliers_.data(), N);
     }
 
     [[nodiscard]] std::int64_t reduce(mix_type mix, std::size_t head) const noexcept {

@@ -6,6 +6,7 @@
 // run time, no -march needed), because compilers leave them scalar: one vector of 8 doubles holds
 // exactly the 8 lanes.
 
+#include <engram/backend/bodies.hpp>
 #include <engram/config.hpp>
 
 #include <bit>     // for bit_cast
@@ -170,7 +171,7 @@ inline void scale_values_portable(const float* v, float a, float* u, std::size_t
     for (std::size_t c = 0; c < n; ++c) u[c] = a * v[c];
 }
 inline void scale_norm_portable(const float* u, double r, const float* w, float* x, std::size_t n) noexcept {
-    for (std::size_t c = 0; c < n; ++c) x[c] = static_cast<float>(u[c] * r) * w[c];
+    for (std::size_t c = 0; c < n; ++c) x[c] = bodies::norm_value(u[c], r, w[c]);
 }
 #if ENGRAM_VECTOR_MATH_X86
 __attribute__((target("avx512f"))) inline void scale_values_avx512(const float* v, float a, float* u,
@@ -207,38 +208,18 @@ inline void scale_norm(const float* u, double r, const float* w, float* x, std::
     detail::scale_norm_portable(u, r, w, x, n);
 }
 
-inline constexpr float fast_exp_lo = -87.0f;
-inline constexpr float fast_exp_hi = 88.0f;
+inline constexpr float fast_exp_lo = bodies::fast_exp_lo;
+inline constexpr float fast_exp_hi = bodies::fast_exp_hi;
 
 /// @brief e^x for float, within 2 ulp of the correctly rounded value on [-87, 88]; inputs
 ///        outside are clamped to that range (e^-87 ~ 1.6e-38, e^88 ~ 1.7e38). Branch-free, so
 ///        loops over it vectorise: x = n ln2 + r, |r| <= ln2/2, e^r by its degree-7 Taylor
 ///        polynomial (truncation < 4e-9 relative), times 2^n built in the exponent bits.
-inline float fast_exp(float x) noexcept {
-    x = x < fast_exp_lo ? fast_exp_lo : (x > fast_exp_hi ? fast_exp_hi : x);
-    constexpr float log2e = 1.44269504088896341f;
-    constexpr float round_magic = 12582912.0f;   // 1.5 * 2^23: adding it rounds to an integer
-    constexpr float ln2_hi = 0.693145751953125f; // 16 significant bits: n * ln2_hi is exact
-    constexpr float ln2_lo = 1.428606765330187045e-06f;
-    const float shifted = x * log2e + round_magic;
-    const float n = shifted - round_magic;
-    const float r = (x - n * ln2_hi) - n * ln2_lo;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const auto ni = std::bit_cast<std::int32_t>(shifted) - std::bit_cast<std::int32_t>(round_magic);
-    const auto scale = std::bit_cast<float>(static_cast<std::uint32_t>(ni + 127) << 23);
-    return p * scale;
-}
+inline float fast_exp(float x) noexcept { return bodies::fast_exp(x); }
 
 /// @brief `out[i] = u[i] + SiLU(y[i])`, SiLU(y) = y / (1 + e^-y) with `fast_exp`.
 inline void add_silu(const float* u, const float* y, float* out, std::size_t n) noexcept {
-    for (std::size_t i = 0; i < n; ++i) out[i] = u[i] + y[i] / (1.0f + fast_exp(-y[i]));
+    for (std::size_t i = 0; i < n; ++i) out[i] = bodies::silu_add(u[i], y[i]);
 }
 
 namespace detail {
@@ -308,7 +289,7 @@ inline void conv_silu(const float* const* taps, std::size_t kc, const float* w, 
         const float* wk = w + k * w_stride + first;
         for (std::size_t c = 0; c < n; ++c) y[c] += wk[c] * x[c];
     }
-    for (std::size_t c = 0; c < n; ++c) out[c] = a * v[c] + y[c] / (1.0f + fast_exp(-y[c]));
+    for (std::size_t c = 0; c < n; ++c) out[c] = bodies::silu_add(a * v[c], y[c]);
 }
 
 } // namespace kernels

@@ -2,16 +2,16 @@
 // SPDX-License-Identifier: MIT
 // Gate policies: how the normalised key-hidden score s becomes the gate alpha (spec section 6).
 
+#include <engram/backend/bodies.hpp>
 #include <engram/config.hpp>
 
-#include <algorithm> // for max
-#include <cmath>     // for exp, sqrt, fabs
-#include <concepts>  // for same_as, default_initializable
+#include <concepts> // for same_as, default_initializable
 
 ENGRAM_BEGIN_NAMESPACE
 
 /// @brief A gate maps the score `s = <RMSNorm(k), RMSNorm(h)> / sqrt(H)` to `alpha`. It must be a
-///        pure, noexcept function of `s`; the layer applies it once per token and branch.
+///        pure, noexcept function of `s`; the layer applies it once per token and branch. A gate
+///        that the CUDA backend runs also marks its call operator `ENGRAM_HOST_DEVICE`.
 template <class G>
 concept gate_policy = std::default_initializable<G> && requires(const G& g, float s) {
     { g(s) }
@@ -20,26 +20,19 @@ concept gate_policy = std::default_initializable<G> && requires(const G& g, floa
 
 /// @brief The PyTorch reference: `sigmoid(sign(s) * sqrt(max(|s|, 1e-6)))`, sign(0) = 0.
 struct reference_gate {
-    float operator()(float s) const noexcept {
-        const float magnitude = std::sqrt(std::max(std::fabs(s), 1e-6f));
-        const float signed_root = s > 0.0f ? magnitude : (s < 0.0f ? -magnitude : 0.0f);
-        return 1.0f / (1.0f + std::exp(-signed_root));
-    }
+    ENGRAM_HOST_DEVICE float operator()(float s) const noexcept { return bodies::reference_gate(s); }
 };
 
 /// @brief The paper's formula: `sigmoid(s)`.
 struct sigmoid_gate {
-    float operator()(float s) const noexcept { return 1.0f / (1.0f + std::exp(-s)); }
+    ENGRAM_HOST_DEVICE float operator()(float s) const noexcept { return bodies::sigmoid_gate(s); }
 };
 
 /// @brief DeepSeek-V4.1's gate: `sigmoid(copysign(sqrt(max(|s|, 1e-6)), s))`, where a zero
 ///        score (of either sign) counts as negative, as in the reference (spec deepseek-v41.md,
 ///        section 5.3): s = 0 gives sigmoid(-0.001), where the demo's gate gives sigmoid(0).
 struct copysign_gate {
-    float operator()(float s) const noexcept {
-        const float magnitude = std::sqrt(std::max(std::fabs(s), 1e-6f));
-        return 1.0f / (1.0f + std::exp(s > 0.0f ? -magnitude : magnitude));
-    }
+    ENGRAM_HOST_DEVICE float operator()(float s) const noexcept { return bodies::copysign_gate(s); }
 };
 
 static_assert(gate_policy<reference_gate> && gate_policy<sigmoid_gate> && gate_policy<copysign_gate>);

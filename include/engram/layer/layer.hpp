@@ -3,6 +3,7 @@
 // The Engram layer: lookup, context-aware gate and fusion, for whole sequences and token by token
 // (spec sections 4-7). Uses Eigen for the projections.
 
+#include <engram/backend/bodies.hpp>
 #include <engram/backend/host.hpp>
 #include <engram/concepts.hpp>
 #include <engram/config.hpp>
@@ -16,6 +17,8 @@
 #include <engram/layer/config.hpp>
 #include <engram/layer/fusion.hpp>
 #include <engram/layer/gate.hpp>
+#include <engram/layer/layer_fwd.hpp>
+#include <engram/layer/parameters.hpp>
 #include <engram/layer/projection.hpp>
 #include <engram/matmul/backend.hpp>
 #include <engram/matmul/host.hpp>
@@ -63,7 +66,7 @@ struct layer_policies {
 /// Row-major float matrix, the layout of PyTorch weights and of `[tokens, width]` activations.
 using row_matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-/// @brief One Engram layer, composed from `Policies` (see `layer_policies`).
+/// @brief The host backend's Engram layer (engram/layer/layer_fwd.hpp declares the template).
 ///
 /// Data flow per token: raw id -> canonical id -> n-gram rows -> memory vector e (width D) ->
 /// `v = W_V e + b_V` (shared) and `k_m = W_K[m] e + b_K[m]` per branch (one GEMM for all) ->
@@ -71,8 +74,8 @@ using row_matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::R
 ///
 /// Activations are `[B, T, M, H]` row-major; the Eigen overloads take `[B*T*M, H]` matrices and
 /// accept strided views (any outer stride) without copying.
-template <class Policies = layer_policies>
-class layer {
+template <class Policies>
+class layer<Policies, host_backend> {
 public:
     using policies_type = Policies;
     using hash_type = typename Policies::hash_type;
@@ -99,8 +102,6 @@ public:
     static_assert(matmul_backend<matmul_type>, "Policies::matmul_type must model engram::matmul_backend");
     /// Whether the token mask also marks positions dead for the hash (masked_production_fusion).
     static constexpr bool mask_blocks_hash = mask_blocks_hash_v<fusion_type>;
-    static_assert(std::is_same_v<backend_type, host_backend>,
-                  "engram::layer runs on host_backend; device backends have their own headers");
 
     /// @brief Per-sequence state for token-by-token decoding: the n-gram window and, for the
     ///        reference fusion, the last `(Kc-1) * dilation` normalised rows of every channel.
@@ -208,6 +209,19 @@ public:
     /// The stacked projection [(1+M)H, D]: value rows first, then each branch's key rows.
     [[nodiscard]] const row_matrix& projection_weight() const noexcept { return proj_w_; }
     [[nodiscard]] const Eigen::VectorXf& projection_bias() const noexcept { return proj_b_; }
+
+    /// @brief Every parameter but the rows, as plain views into this layer (what a device
+    ///        backend copies; `table_view_of(table())` describes the rows).
+    [[nodiscard]] layer_parameters parameters() const {
+        auto span_of = [](const auto& m) { return std::span<const float>(m.data(), static_cast<std::size_t>(m.size())); };
+        layer_parameters p{cfg_, layout(), vocab_.lookup(), span_of(proj_w_), span_of(proj_b_), span_of(key_norm_),
+                           span_of(hidden_norm_), {}, {}};
+        if constexpr (fusion_type::has_conv) {
+            p.conv_weight = span_of(conv_w_);
+            p.conv_norm = span_of(conv_norm_);
+        }
+        return p;
+    }
 
     // ---- performance options -----------------------------------------------------------------
 
@@ -669,18 +683,16 @@ private:
             const float* hm = hidden.row(first_row + m);
             const auto sums = kernels::gate_sums_of(k, hm, key_norm_.row(static_cast<Eigen::Index>(m)).data(),
                                                     hidden_norm_.row(static_cast<Eigen::Index>(m)).data(), h);
-            const double rk = 1.0 / std::sqrt(sums.kk * inv_h + cfg_.gate_norm_eps);
-            const double rh = 1.0 / std::sqrt(sums.hh * inv_h + cfg_.gate_norm_eps);
-            const float s = static_cast<float>(sums.dot * rk * rh * inv_sqrt_h);
+            const float s = bodies::gate_score(sums.dot, sums.kk, sums.hh, inv_h, inv_sqrt_h, cfg_.gate_norm_eps);
             const float a = keep ? gate_(s) : 0.0f;
             alpha[m] = a;
             if constexpr (fusion_type::has_conv) {
                 kernels::scale_values(v, a, u, h);
-                const double ru = 1.0 / std::sqrt(kernels::sum_squares(u, h) * inv_h + cfg_.conv_norm_eps);
+                const double ru = bodies::rms_scale(kernels::sum_squares(u, h), inv_h, cfg_.conv_norm_eps);
                 kernels::scale_norm(u, ru, conv_norm_.row(static_cast<Eigen::Index>(m)).data(), normed + m * h, h);
             } else if (keep) {
                 float* o = out.row(first_row + m);
-                for (std::size_t c = 0; c < h; ++c) o[c] = hm[c] + a * v[c];
+                for (std::size_t c = 0; c < h; ++c) o[c] = bodies::production_value(hm[c], a, v[c], true);
             } else { // a masked token comes back unchanged, bit for bit (h + 0 * v would turn -0 into +0)
                 std::copy_n(hm, h, out.row(first_row + m));
             }

@@ -4,6 +4,7 @@
 // and to the projections after it (the demo: nothing; DeepSeek-V4.1: FP8 activation blocks in,
 // bf16 out).
 
+#include <engram/backend/bodies.hpp>
 #include <engram/config.hpp>
 #include <engram/storage/quantized.hpp>
 #include <engram/storage/row_types.hpp>
@@ -52,35 +53,23 @@ struct fp8_block_projection {
     static constexpr bool transforms_output = true;
     static constexpr std::size_t block = 32;
 
-    /// ceil(log2(x)) of a positive normal float, exactly.
-    static int ceil_log2(float x) noexcept {
-        const auto u = std::bit_cast<std::uint32_t>(x);
-        const int e = static_cast<int>((u >> 23) & 0xFFu) - 127;
-        return e + ((u & 0x7FFFFFu) != 0 ? 1 : 0);
-    }
-
     /// The scale of one block: 2^ceil(log2(max(amax, 1e-4) / 448)).
     static float block_scale(const float* x, std::size_t n) noexcept {
         float amax = 1e-4f;
         for (std::size_t i = 0; i < n; ++i) amax = std::max(amax, x[i] < 0 ? -x[i] : x[i]);
-        const int e = ceil_log2(amax / 448.0f); // amax >= 1e-4: the quotient is a normal float
-        return std::bit_cast<float>(static_cast<std::uint32_t>(e + 127) << 23);
+        return bodies::act_quant_scale(amax); // amax >= 1e-4: amax / 448 is a normal float
     }
 
     static void prepare(const float* e, float* out, std::size_t d) noexcept {
         for (std::size_t j = 0; j < d; j += block) {
             const std::size_t n = std::min(block, d - j);
             const float s = block_scale(e + j, n);
-            const float inv = 1.0f / s; // a power of two: x * inv == x / s
-            for (std::size_t i = j; i < j + n; ++i) {
-                const float q = std::clamp(e[i] * inv, -448.0f, 448.0f);
-                out[i] = detail::e4m3_table[detail::e4m3_from_float(q)] * s;
-            }
+            for (std::size_t i = j; i < j + n; ++i) out[i] = bodies::act_quant_value(e[i], s);
         }
     }
 
     static void finish(float* p, std::size_t n) noexcept {
-        for (std::size_t i = 0; i < n; ++i) p[i] = bfloat16::from_float(p[i]).to_float();
+        for (std::size_t i = 0; i < n; ++i) p[i] = bodies::round_bf16(p[i]);
     }
 };
 

@@ -150,18 +150,19 @@ public:
     /// @brief Row i decoded as the reference does (no AVX-512; for tests and as the definition).
     static void decode_reference(const std::byte* codes, const std::byte* scales, float* out,
                                  std::size_t dim) noexcept {
-        fp8_e4m3_codec::decode_split(codes, scales, out, dim);
-        round_small_blocks(scales, out, dim);
+        // The CUDA gather decodes with the same body (engram/backend/bodies.hpp).
+        for (std::size_t i = 0; i < dim; ++i)
+            out[i] = bodies::fp8_split_value(static_cast<std::uint8_t>(codes[i]),
+                                             static_cast<std::uint8_t>(scales[i / block]));
     }
 
 private:
     /// Rounds the blocks whose scale byte is below 3 to bf16 (the only ones whose exact float
-    /// products can fall off bf16's grid).
+    /// products can fall off bf16's grid), as `bodies::fp8_split_value` does.
     static void round_small_blocks(const std::byte* scales, float* out, std::size_t dim) noexcept {
         for (std::size_t j = 0; j < dim / block; ++j)
             if (static_cast<std::uint8_t>(scales[j]) < 3)
-                for (std::size_t k = j * block; k < (j + 1) * block; ++k)
-                    out[k] = bfloat16::from_float(out[k]).to_float();
+                for (std::size_t k = j * block; k < (j + 1) * block; ++k) out[k] = bodies::round_bf16(out[k]);
     }
 
     static void advise_range(const void* p, std::size_t bytes, int advice) noexcept {

@@ -2,6 +2,7 @@
 // SPDX-License-Identifier: MIT
 // Quantized row codecs (f16, FP8 E4M3 + UE8M0 block scales, int8 + row scale), picked by name.
 
+#include <engram/backend/bodies.hpp>
 #include <engram/config.hpp>
 #include <engram/error.hpp>
 #include <engram/storage/codec.hpp>
@@ -88,16 +89,7 @@ constexpr float half_to_float(std::uint16_t h) noexcept {
 
 /// The value of FP8 E4M3 ("fn") code `c` with a unit scale: bias 7, 3 mantissa bits,
 /// subnormals 2^-6 * m/8, no infinities, S.1111.111 = NaN.
-constexpr float e4m3_value(unsigned c) noexcept {
-    const unsigned e = (c >> 3) & 0xFu, m = c & 0x7u;
-    if ((c & 0x7Fu) == 0x7Fu) return float_bits(0x7FC00000u | ((c & 0x80u) << 24));
-    float v = 0.0f;
-    if (e == 0)
-        v = static_cast<float>(m) * 0x1.0p-9f;
-    else
-        v = float_bits(((e + 120u) << 23) | (m << 20));
-    return (c & 0x80u) != 0 ? -v : v;
-}
+constexpr float e4m3_value(unsigned c) noexcept { return bodies::e4m3_value(c); }
 
 /// Decode table of all 256 FP8 E4M3 codes (unit scale), built at compile time.
 inline constexpr std::array<float, 256> e4m3_table = [] {
@@ -108,34 +100,10 @@ inline constexpr std::array<float, 256> e4m3_table = [] {
 
 /// FP8 E4M3 code of `v` (already divided by the block scale): round to nearest even,
 /// saturating to +-448 (infinities too); NaN -> S.1111.111.
-constexpr std::uint8_t e4m3_from_float(float v) noexcept {
-    const auto u = std::bit_cast<std::uint32_t>(v);
-    const auto sign = static_cast<std::uint32_t>((u >> 24) & 0x80u);
-    const std::uint32_t a = u & 0x7FFFFFFFu;
-    std::uint32_t c = 0;
-    if (a > 0x7F800000u) {
-        c = 0x7Fu; // NaN
-    } else if (a >= 0x43E00000u) {
-        c = 0x7Eu; // >= 448 (and infinity): saturate
-    } else if (a >= 0x3C800000u) {
-        // Normal FP8 (|v| >= 2^-6): rebias 127 -> 7 and round 20 mantissa bits away.
-        const std::uint32_t r = a - (std::uint32_t{120} << 23);
-        c = (r + 0x7FFFFu + ((r >> 20) & 1u)) >> 20;
-    } else {
-        // Subnormal FP8: units of 2^-9. |v| * 2^9 < 8 is exact; adding 2^23 rounds it to an
-        // integer (ties to even) that lands in the low mantissa bits.
-        const float y = float_bits(a) * 512.0f + 8388608.0f;
-        c = std::bit_cast<std::uint32_t>(y) - 0x4B000000u;
-    }
-    return static_cast<std::uint8_t>(sign | c);
-}
+constexpr std::uint8_t e4m3_from_float(float v) noexcept { return bodies::e4m3_code(v); }
 
 /// The UE8M0 scale of byte `b`: 2^(b - 127); 255 is NaN (never written by the encoder).
-constexpr float ue8m0_value(std::uint8_t b) noexcept {
-    if (b == 0) return float_bits(0x00400000u); // 2^-127, a float subnormal
-    if (b == 255) return float_bits(0x7FC00000u);
-    return float_bits(static_cast<std::uint32_t>(b) << 23);
-}
+constexpr float ue8m0_value(std::uint8_t b) noexcept { return bodies::ue8m0_value(b); }
 
 /// The UE8M0 byte of the smallest power of two `s` with `amax / s <= 448` (amax finite, >= 0);
 /// 127 (scale 1) for amax == 0; at least 0 (2^-127) for tiny blocks.

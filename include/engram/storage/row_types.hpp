@@ -2,6 +2,7 @@
 // SPDX-License-Identifier: MIT
 // Row value types a table may store, and their conversion to the float compute type.
 
+#include <engram/backend/bodies.hpp>
 #include <engram/config.hpp>
 
 #include <bit>      // for bit_cast
@@ -16,13 +17,10 @@ struct bfloat16 {
 
     /// Round to nearest even, as PyTorch does; NaN stays a (quiet) NaN.
     static constexpr bfloat16 from_float(float f) noexcept {
-        const auto u = std::bit_cast<std::uint32_t>(f);
-        if ((u & 0x7FFFFFFFu) > 0x7F800000u) return bfloat16{static_cast<std::uint16_t>((u >> 16) | 0x0040u)};
-        const std::uint32_t rounding = 0x7FFFu + ((u >> 16) & 1u);
-        return bfloat16{static_cast<std::uint16_t>((u + rounding) >> 16)};
+        return bfloat16{bodies::bf16_bits(f)};
     }
     [[nodiscard]] constexpr float to_float() const noexcept {
-        return std::bit_cast<float>(static_cast<std::uint32_t>(bits) << 16);
+        return bodies::bf16_value(bits);
     }
     friend constexpr bool operator==(bfloat16, bfloat16) = default;
 };
