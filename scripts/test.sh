@@ -37,6 +37,15 @@ if [ -n "$sanitize" ]; then
     export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
     export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}"
 fi
+# The CUDA backend is built and its tests run (GPU cases skip without a device) where nvcc is
+# present; not under the sanitizers (nvcc's device code is not instrumented).
+nvcc=$(command -v nvcc || true)
+[ -z "$nvcc" ] && [ -x /usr/local/cuda/bin/nvcc ] && nvcc=/usr/local/cuda/bin/nvcc
+if [ -n "$nvcc" ] && [ -z "$sanitize" ]; then
+    config+=(-DENGRAM_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc")
+else
+    config+=(-DENGRAM_CUDA=OFF)
+fi
 [ -n "$label" ] && ctest_args+=(-L "$label")
 cmake -S . -B "$build" "${config[@]}"
 if [ -n "$target" ]; then
