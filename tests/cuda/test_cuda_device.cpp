@@ -55,18 +55,7 @@ TEST_CASE("device hash: every layer in one launch, int32 and int64 ids, equal to
     std::vector<std::uint8_t> mask(n, 1);
     mask[10] = mask[50] = 0;
     for (int variant = 0; variant < 3; ++variant) {
-        std::vector<std::int64_t> want;
-        for (const auto& lay : layouts) {
-            engram::ngram_hasher<> h(lay);
-            std::vector<row_id> r(n * lay.num_heads());
-            if (variant == 2)
-                h.rows_tokens(vocab, raw, batch, seq, r, std::span<const std::uint8_t>(mask));
-            else if (variant == 1)
-                h.rows_tokens(vocab, raw, batch, seq, r, token_id{77});
-            else
-                h.rows_tokens(vocab, raw, batch, seq, r);
-            want.insert(want.end(), r.begin(), r.end());
-        }
+        const auto want = engram_test::host_rows(layouts, vocab, raw, batch, seq, mask, variant);
         const std::vector<std::uint8_t> m = variant == 2 ? mask : std::vector<std::uint8_t>{};
         const std::optional<token_id> dead = variant == 1 ? std::optional<token_id>(77) : std::nullopt;
         const std::vector<token_id> lookup(vocab.lookup().begin(), vocab.lookup().end());

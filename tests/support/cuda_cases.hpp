@@ -65,6 +65,39 @@ inline engram::canonical_table small_vocab() {
     return engram::canonical_table::from_lookup(std::move(lookup));
 }
 
+/// The host layer's row ids, memory vectors, parameters and table view of a case's batch.
+template <class Layer>
+void fill_lookup(cuda_case& c, const Layer& l) {
+    const std::size_t n = c.batch * c.seq_len;
+    c.rows.resize(n * l.num_heads());
+    l.rows(c.raw, c.batch, c.seq_len, c.rows, c.mask);
+    c.memory.resize(n * l.memory_dim());
+    l.memory(c.rows, c.memory);
+    c.params = l.parameters();
+    c.table = engram::table_view_of(l.table());
+}
+
+/// The host hasher's row ids of every layout, layer after layer: variant 0 plain, 1 with the
+/// dead token 77, 2 with `mask`.
+inline std::vector<engram::row_id> host_rows(const std::vector<engram::layer_layout>& layouts,
+                                             const engram::canonical_table& vocab,
+                                             const std::vector<engram::token_id>& raw, std::size_t batch,
+                                             std::size_t seq_len, const std::vector<std::uint8_t>& mask, int variant) {
+    std::vector<engram::row_id> want;
+    for (const auto& lay : layouts) {
+        engram::ngram_hasher<> h(lay);
+        std::vector<engram::row_id> r(raw.size() * lay.num_heads());
+        if (variant == 2)
+            h.rows_tokens(vocab, raw, batch, seq_len, r, std::span<const std::uint8_t>(mask));
+        else if (variant == 1)
+            h.rows_tokens(vocab, raw, batch, seq_len, r, engram::token_id{77});
+        else
+            h.rows_tokens(vocab, raw, batch, seq_len, r);
+        want.insert(want.end(), r.begin(), r.end());
+    }
+    return want;
+}
+
 template <class Policies>
 cuda_case make_case(const std::string& name, bool with_mask, std::optional<engram::token_id> dead_token) {
     using layer_t = engram::layer<Policies>;
@@ -86,12 +119,7 @@ cuda_case make_case(const std::string& name, bool with_mask, std::optional<engra
     c.hidden = normal_values(n * width, 13);
     c.expected.resize(n * width);
     l->forward(c.raw, c.batch, c.seq_len, c.hidden, c.expected, c.mask);
-    c.rows.resize(n * l->num_heads());
-    l->rows(c.raw, c.batch, c.seq_len, c.rows, c.mask);
-    c.memory.resize(n * l->memory_dim());
-    l->memory(c.rows, c.memory);
-    c.params = l->parameters();
-    c.table = engram::table_view_of(l->table());
+    fill_lookup(c, *l);
     c.keep_alive = l;
     return c;
 }
@@ -118,13 +146,7 @@ inline cuda_case v41_case() {
     engram::forward_bf16(*l, c.raw, c.batch, c.seq_len, hb, out, c.mask);
     for (auto v : hb) c.hidden.push_back(v.to_float());
     for (auto v : out) c.expected.push_back(v.to_float());
-    const std::size_t n = c.batch * c.seq_len;
-    c.rows.resize(n * l->num_heads());
-    l->rows(c.raw, c.batch, c.seq_len, c.rows, c.mask);
-    c.memory.resize(n * l->memory_dim());
-    l->memory(c.rows, c.memory);
-    c.params = l->parameters();
-    c.table = engram::table_view_of(l->table());
+    fill_lookup(c, *l);
     c.bf16_output = true;
     c.keep_alive = std::make_shared<std::pair<decltype(file), decltype(l)>>(file, l);
     return c;

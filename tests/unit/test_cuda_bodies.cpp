@@ -172,18 +172,7 @@ TEST_CASE("hash bodies: every layer of a batch from one window per token equals 
         const std::vector<std::uint8_t> m = variant == 2 ? mask : std::vector<std::uint8_t>{};
         const token_id dead = variant == 1 ? 77 : -1;
         const auto got = hash_like_kernel(layouts, lookup, raw, batch, seq, m, dead);
-        std::vector<row_id> want;
-        for (const auto& lay : layouts) {
-            engram::ngram_hasher<> hasher(lay);
-            std::vector<row_id> r(n * lay.num_heads());
-            if (variant == 2)
-                hasher.rows_tokens(vocab, raw, batch, seq, r, std::span<const std::uint8_t>(mask));
-            else if (variant == 1)
-                hasher.rows_tokens(vocab, raw, batch, seq, r, token_id{77});
-            else
-                hasher.rows_tokens(vocab, raw, batch, seq, r);
-            want.insert(want.end(), r.begin(), r.end());
-        }
+        const auto want = engram_test::host_rows(layouts, vocab, raw, batch, seq, mask, variant);
         INFO("variant " << variant << " (0 plain, 1 dead token, 2 token mask)");
         CHECK(got == want);
     }
