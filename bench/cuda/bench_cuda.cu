@@ -23,17 +23,20 @@ using namespace engram;
 
 namespace {
 
-/// The probe: each warp copies its row's code bytes (16-byte lanes) and scale byte to an output
-/// of the gather's size, without decoding: the memory traffic of the gather and nothing else.
+/// The probe: the gather's access pattern (the same lanes a row, 16-byte loads of codes, one
+/// scale byte, 16-byte stores of the f32 output's size) without decoding: the memory traffic of
+/// the gather and nothing else.
 __global__ void probe_rows(const std::byte* codes, const std::byte* scales, std::size_t dim, const std::int64_t* ids,
                            std::size_t count, uint4* out) {
+    const std::size_t chunks = dim / 16, out_chunks = dim * 4 / 16; // f32 output: 4 bytes a value
+    const bodies::row_lanes split(chunks);
+    const unsigned lanes = split.lanes, lane = threadIdx.x & 31u;
+    const std::size_t sub = split.first_chunk(lane);
     const std::size_t warp = (static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
     const std::size_t warps = static_cast<std::size_t>(gridDim.x) * blockDim.x / 32;
-    const unsigned lane = threadIdx.x & 31u;
-    const std::size_t chunks = dim / 16, out_chunks = dim * 4 / 16; // f32 output: 4 bytes a value
-    for (std::size_t i = warp; i < count; i += warps) {
+    for (std::size_t i = split.first_row(warp, lane); i < count; i += split.row_step(warps)) {
         const auto r = static_cast<std::size_t>(ids[i]);
-        for (std::size_t c = lane; c < chunks; c += 32) {
+        for (std::size_t c = sub; c < chunks; c += lanes) {
             uint4 v = reinterpret_cast<const uint4*>(codes + r * dim)[c];
             v.x ^= static_cast<unsigned>(scales[r * (dim / 32) + c / 2]);
             for (std::size_t k = 0; k < out_chunks / chunks; ++k) out[i * out_chunks + c * (out_chunks / chunks) + k] = v;
@@ -83,7 +86,10 @@ struct production_policies {
 std::vector<std::byte> random_bytes(std::size_t n, std::uint64_t seed, unsigned char hi = 255) {
     std::vector<std::byte> v(n);
     std::mt19937_64 rng(seed);
-    for (auto& b : v) b = static_cast<std::byte>(rng() % (hi + 1u));
+    for (std::size_t i = 0; i < n; i += 8) {
+        std::uint64_t x = rng();
+        for (std::size_t k = i; k < i + 8 && k < n; ++k, x >>= 8) v[k] = static_cast<std::byte>((x & 0xFFu) % (hi + 1u));
+    }
     return v;
 }
 

@@ -12,6 +12,7 @@
 #include <engram/ngram/decode_state.hpp>
 #include <engram/storage/fp8_tensor.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -255,6 +256,28 @@ TEST_CASE("decode bodies: bf16, FP8 E4M3 x UE8M0 (packed and V4.1's two tensors)
     for (std::size_t i = 0; i < 64; ++i)
         CHECK(bodies::fp8_split_value(static_cast<std::uint8_t>(codes[i]), static_cast<std::uint8_t>(scales[i / 32])) ==
               host[i]);
+}
+
+TEST_CASE("gather split: every (row, chunk) is taken by exactly one lane of the persistent grid", "[cuda][gather]") {
+    for (std::size_t chunks : {1u, 2u, 3u, 5u, 8u, 16u, 17u, 31u, 32u, 33u, 64u, 130u})
+        for (std::size_t warps : {1u, 3u, 8u})
+            for (std::size_t count : {0u, 1u, 7u, 40u}) {
+                const engram::bodies::row_lanes split(chunks);
+                REQUIRE((split.lanes >= chunks || split.lanes == 32));
+                REQUIRE((split.lanes == 1 || split.lanes / 2 < chunks));
+                std::vector<int> taken(count * chunks, 0);
+                constexpr std::size_t in_flight = 4; // the kernel's chunks_in_flight
+                for (std::size_t w = 0; w < warps; ++w)
+                    for (unsigned lane = 0; lane < 32; ++lane)
+                        for (std::size_t i = split.first_row(w, lane); i < count; i += split.row_step(warps))
+                            for (std::size_t c0 = 0; c0 < chunks; c0 += split.lanes * in_flight)
+                                for (std::size_t u = 0; u < in_flight; ++u) {
+                                    const std::size_t c = c0 + split.first_chunk(lane) + split.lanes * u;
+                                    if (c < chunks) ++taken[i * chunks + c];
+                                }
+                INFO("chunks " << chunks << ", warps " << warps << ", rows " << count);
+                CHECK(std::count(taken.begin(), taken.end(), 1) == static_cast<std::ptrdiff_t>(taken.size()));
+            }
 }
 
 TEST_CASE("gather bodies: every case's rows decode to the host gather's bits", "[cuda][gather]") {

@@ -161,6 +161,28 @@ ENGRAM_HOST_DEVICE constexpr void hash_heads(const hash_params& p, const token_i
     }
 }
 
+// ---- the gather's work split ---------------------------------------------------------------------
+
+/// @brief How the gather kernel splits rows of `chunks` loads between the lanes of a warp: the
+///        smallest power of two of lanes covering a row (at most 32), so that a warp gathers
+///        `32 / lanes` rows at once. Lane `lane` of warp `warp` (of `warps`) starts at row
+///        `first_row` and steps `row_step`; within a row it takes chunks `first_chunk`,
+///        `first_chunk + lanes`, ... Every (row, chunk) is taken by exactly one lane.
+struct row_lanes {
+    unsigned lanes = 32;
+    ENGRAM_HOST_DEVICE constexpr explicit row_lanes(std::size_t chunks) noexcept {
+        while (lanes > 1 && lanes / 2 >= chunks) lanes /= 2;
+    }
+    ENGRAM_HOST_DEVICE constexpr std::size_t rows_per_warp() const noexcept { return 32 / lanes; }
+    ENGRAM_HOST_DEVICE constexpr std::size_t first_row(std::size_t warp, unsigned lane) const noexcept {
+        return warp * rows_per_warp() + lane / lanes;
+    }
+    ENGRAM_HOST_DEVICE constexpr std::size_t row_step(std::size_t warps) const noexcept {
+        return warps * rows_per_warp();
+    }
+    ENGRAM_HOST_DEVICE constexpr std::size_t first_chunk(unsigned lane) const noexcept { return lane % lanes; }
+};
+
 // ---- row decode (codecs) ------------------------------------------------------------------------
 
 /// bfloat16 bits -> float (exact).

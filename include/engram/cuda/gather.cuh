@@ -17,6 +17,7 @@
 #include <cstddef> // for byte, size_t
 #include <cstdint> // for uint8_t, uint16_t, uint32_t, int32_t, int64_t
 #include <string>  // for string
+#include <type_traits> // for is_same_v
 
 ENGRAM_BEGIN_NAMESPACE
 
@@ -59,6 +60,41 @@ inline constexpr int chunks_in_flight = 4;
 __device__ inline void store_value(float* out, float v) { *out = v; }
 __device__ inline void store_value(bf16_bits* out, float v) { *out = bodies::bf16_bits(v); }
 
+/// Stores n decoded values at `o`: 16-byte stores where `vector_ok` (o 16-byte aligned and n a
+/// multiple of the values a store carries), one value at a time otherwise.
+template <int N>
+__device__ inline void store_values(float* o, const float (&v)[N], bool vector_ok) {
+    if constexpr (N % 4 == 0) {
+        if (vector_ok) {
+#pragma unroll
+            for (int q = 0; q < N / 4; ++q)
+                reinterpret_cast<float4*>(o)[q] = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+            return;
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < N; ++k) o[k] = v[k];
+}
+template <int N>
+__device__ inline void store_values(bf16_bits* o, const float (&v)[N], bool vector_ok) {
+    if constexpr (N % 8 == 0) {
+        if (vector_ok) {
+#pragma unroll
+            for (int q = 0; q < N / 8; ++q) {
+                unsigned w[4];
+#pragma unroll
+                for (int k = 0; k < 4; ++k)
+                    w[k] = static_cast<unsigned>(bodies::bf16_bits(v[8 * q + 2 * k])) |
+                           (static_cast<unsigned>(bodies::bf16_bits(v[8 * q + 2 * k + 1])) << 16);
+                reinterpret_cast<uint4*>(o)[q] = make_uint4(w[0], w[1], w[2], w[3]);
+            }
+            return;
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < N; ++k) o[k] = bodies::bf16_bits(v[k]);
+}
+
 /// The gather kernel; `L` bytes a load, `E` the row encoding. Rows outside the table are not
 /// read: their output is NaN and `error` records the first such index.
 template <row_encoding E, int L, class Id, class Out>
@@ -68,24 +104,28 @@ __global__ void gather_rows(const std::byte* rows, const std::byte* scales, std:
     using vec = typename load_unit<L>::type;
     constexpr int per_chunk = L / value_bytes<E>; // values a load carries
     const std::size_t chunks = dim / per_chunk;
-    const int lane = static_cast<int>(threadIdx.x & 31u);
+    const bodies::row_lanes split(chunks);
+    const unsigned lanes = split.lanes, lane = threadIdx.x & 31u;
+    const std::size_t sub = split.first_chunk(lane);
     const std::size_t warp = (static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
     const std::size_t warps = static_cast<std::size_t>(gridDim.x) * blockDim.x / 32;
-    for (std::size_t i = warp; i < count; i += warps) {
+    constexpr std::size_t out_vector = sizeof(Out) == 4 ? 4 : 8; // values a 16-byte store carries
+    const bool vector_ok = reinterpret_cast<std::uintptr_t>(out) % 16 == 0 && dim % out_vector == 0;
+    for (std::size_t i = split.first_row(warp, lane); i < count; i += split.row_step(warps)) {
         const auto r = static_cast<std::size_t>(ids[i]);
         Out* dst = out + i * dim;
         if (static_cast<std::int64_t>(ids[i]) < 0 || r >= table_rows) {
-            for (std::size_t k = static_cast<std::size_t>(lane); k < dim; k += 32) store_value(dst + k, __int_as_float(0x7FC00000));
-            if (lane == 0 && error != nullptr) atomicMin(error, static_cast<unsigned long long>(i));
+            for (std::size_t k = sub; k < dim; k += lanes) store_value(dst + k, __int_as_float(0x7FC00000));
+            if (sub == 0 && error != nullptr) atomicMin(error, static_cast<unsigned long long>(i));
             continue;
         }
         const std::byte* row = rows + r * row_bytes;
-        for (std::size_t c0 = 0; c0 < chunks; c0 += 32 * chunks_in_flight) {
+        for (std::size_t c0 = 0; c0 < chunks; c0 += lanes * chunks_in_flight) {
             vec v[chunks_in_flight];
             std::uint8_t sb[chunks_in_flight];
 #pragma unroll
             for (int u = 0; u < chunks_in_flight; ++u) {
-                const std::size_t c = c0 + static_cast<std::size_t>(lane) + 32u * static_cast<std::size_t>(u);
+                const std::size_t c = c0 + sub + lanes * static_cast<std::size_t>(u);
                 if (c < chunks) {
                     v[u] = *reinterpret_cast<const vec*>(row + c * L);
                     if constexpr (E == row_encoding::fp8_packed)
@@ -98,42 +138,40 @@ __global__ void gather_rows(const std::byte* rows, const std::byte* scales, std:
             }
 #pragma unroll
             for (int u = 0; u < chunks_in_flight; ++u) {
-                const std::size_t c = c0 + static_cast<std::size_t>(lane) + 32u * static_cast<std::size_t>(u);
+                const std::size_t c = c0 + sub + lanes * static_cast<std::size_t>(u);
                 if (c >= chunks) continue;
                 unsigned char bytes[L];
                 memcpy(bytes, &v[u], L);
-                Out* o = dst + c * per_chunk;
+                float x[per_chunk];
 #pragma unroll
                 for (int k = 0; k < per_chunk; ++k) {
-                    float x = 0.0f;
                     if constexpr (E == row_encoding::f32) {
-                        memcpy(&x, bytes + 4 * k, 4);
+                        memcpy(&x[k], bytes + 4 * k, 4);
                     } else if constexpr (E == row_encoding::bf16) {
                         std::uint16_t b = 0;
                         memcpy(&b, bytes + 2 * k, 2);
-                        x = bodies::bf16_value(b);
+                        x[k] = bodies::bf16_value(b);
                     } else if constexpr (E == row_encoding::fp8_packed) {
-                        x = bodies::fp8_value(bytes[k], bodies::ue8m0_value(sb[u]));
+                        x[k] = bodies::fp8_value(bytes[k], bodies::ue8m0_value(sb[u]));
                     } else {
-                        x = bodies::fp8_split_value(bytes[k], sb[u]);
+                        x[k] = bodies::fp8_split_value(bytes[k], sb[u]);
                     }
-                    store_value(o + k, x);
                 }
+                store_values(dst + c * per_chunk, x, vector_ok);
             }
         }
     }
 }
 
-/// Widest load (16, 8, 4, 2 or 1 bytes) that every row's values start and end on, given the
-/// table's base address and stride.
+/// Widest load (16, 8, 4, 2 or 1 bytes, at least a value's width) that every row's values
+/// start and end on, given the table's base address and stride.
 inline int load_bytes(const table_view& t) {
     const auto base = reinterpret_cast<std::uintptr_t>(t.rows);
     const std::size_t vb = t.encoding == row_encoding::f32 ? 4 : (t.encoding == row_encoding::bf16 ? 2 : 1);
-    for (int l : {16, 8, 4, 2, 1})
-        if (static_cast<std::size_t>(l) >= vb && base % static_cast<std::uintptr_t>(l) == 0 &&
-            t.row_bytes % static_cast<std::size_t>(l) == 0 && (t.dim * vb) % static_cast<std::size_t>(l) == 0 &&
-            (t.encoding == row_encoding::f32 || t.encoding == row_encoding::bf16 || l <= 16))
-            return l;
+    for (std::size_t l : {16u, 8u, 4u, 2u}) {
+        if (l < vb) break;
+        if (base % l == 0 && t.row_bytes % l == 0 && (t.dim * vb) % l == 0) return static_cast<int>(l);
+    }
     return static_cast<int>(vb);
 }
 
@@ -191,6 +229,7 @@ void gather(const device_table& table, const Id* ids, std::size_t count, Out* ou
         return launch_gather<row_encoding::fp8_packed, 1>(t, ids, count, out, o.error, grid, stream);
     case row_encoding::fp8_split:
         if (l >= 16) return launch_gather<row_encoding::fp8_split, 16>(t, ids, count, out, o.error, grid, stream);
+        if (l >= 8) return launch_gather<row_encoding::fp8_split, 8>(t, ids, count, out, o.error, grid, stream);
         return launch_gather<row_encoding::fp8_split, 1>(t, ids, count, out, o.error, grid, stream);
     }
     throw config_error("cuda::gather: unknown row encoding");

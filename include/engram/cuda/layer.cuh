@@ -38,8 +38,8 @@ ENGRAM_BEGIN_NAMESPACE
 
 /// @brief The Engram layer on a CUDA device. Built from a host layer (or its parameters and a
 ///        table view); activations `hidden` and `out` `[B, T, M, H]` are float device memory,
-///        token ids and masks host memory (they are checked and hashed there... and on the
-///        device: the host validates, the device hashes).
+///        token ids and masks host memory: the host checks them and stages them in pinned
+///        memory, the device hashes them.
 ///
 /// One layer object serves one stream at a time (its scratch buffers are its own); prefetches
 /// run on the layer's side stream. Buffers grow to the largest batch seen and keep their
@@ -81,7 +81,11 @@ public:
         : cfg_(p.config), layout_(p.layout), opt_(o), hash_(std::span<const layer_layout>(&layout_, 1), p.vocab_lookup,
                                                            p.config.dead_token, true),
           table_(check_rows(rows, p.layout), o.placement) {
+        cfg_.validate();
         const std::size_t h = hidden_size(), m = branches(), d = memory_dim(), r = (1 + m) * h;
+        if (static_cast<std::int64_t>(d) != cfg_.memory_dim())
+            throw config_error("cuda layer: the layout's heads x head_dim (" + std::to_string(d) +
+                               ") differ from the configuration's memory width (" + std::to_string(cfg_.memory_dim()) + ")");
         if (p.projection_weight.size() != r * d || p.projection_bias.size() != r || p.key_norm.size() != m * h ||
             p.hidden_norm.size() != m * h)
             throw config_error("cuda layer: parameter shapes differ from the configuration");
@@ -364,6 +368,7 @@ private:
 
     void run_math(slot& s, std::size_t n, cuda::conv_rows rows, const float* hidden, float* out, const std::uint8_t* mask,
                   cudaStream_t stream) {
+        if (n == 0) return;
         const std::size_t d = memory_dim(), h = hidden_size(), m = branches(), r = (1 + m) * h;
         const void* e = s.e.data();
         if constexpr (quantised_projection) {
