@@ -64,9 +64,11 @@ std::vector<float> run(Layer& l, const layer_run& r, std::span<const token_id> r
         l.forward(raw, batch, seq_len, hid.data(), out.data(), mask);
         break;
     case mode::prefetch: {
-        // This batch's lookup and a second one (its first sequence) in flight before the forward.
+        // This batch's lookup (hashed on the device) and a second one (its first sequence, planned
+        // on the host) in flight before the forward.
         auto t = l.prefetch(raw, batch, seq_len, mask);
-        auto next = l.prefetch(raw.subspan(0, seq_len), 1, seq_len, mask.empty() ? mask : mask.subspan(0, seq_len));
+        auto next = l.prefetch(l.make_plan(raw.subspan(0, seq_len), 1, seq_len,
+                                           mask.empty() ? mask : mask.subspan(0, seq_len)));
         l.forward(t, hid.data(), out.data());
         cuda::device_buffer<float> out2;
         out2.reserve(seq_len * width);
@@ -185,6 +187,8 @@ std::vector<row_id> layer_rows(const layer_run& r, const layer_parameters& param
     return dispatch(r, params, table, [&](auto& l) {
         std::vector<row_id> out(batch * seq_len * l.num_heads());
         l.rows(raw, batch, seq_len, out, mask);
+        if (l.make_plan(raw, batch, seq_len, mask).rows != out)
+            throw std::runtime_error("the host plan's row ids differ from the device hash's");
         return out;
     });
 }

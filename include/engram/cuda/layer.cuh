@@ -15,6 +15,7 @@
 
 #include <engram/config.hpp>
 #include <engram/error.hpp>
+#include <engram/hash/hasher.hpp>
 #include <engram/hash/layout.hpp>
 #include <engram/hash/multiply_xor.hpp>
 #include <engram/layer/fusion.hpp>
@@ -23,6 +24,7 @@
 #include <engram/layer/parameters.hpp>
 #include <engram/layer/projection.hpp>
 #include <engram/types.hpp>
+#include <engram/vocab/canonical_table.hpp>
 
 #include <cstddef>     // for size_t
 #include <cstdint>     // for uint8_t, uint64_t
@@ -80,7 +82,8 @@ public:
     layer(const layer_parameters& p, const table_view& rows, options o = {})
         : cfg_(p.config), layout_(p.layout), opt_(o), hash_(std::span<const layer_layout>(&layout_, 1), p.vocab_lookup,
                                                            p.config.dead_token, true),
-          table_(check_rows(rows, p.layout), o.placement) {
+          table_(check_rows(rows, p.layout), o.placement),
+          vocab_(canonical_table::from_lookup({p.vocab_lookup.begin(), p.vocab_lookup.end()})), host_hasher_(p.layout) {
         cfg_.validate();
         const std::size_t h = hidden_size(), m = branches(), d = memory_dim(), r = (1 + m) * h;
         if (static_cast<std::int64_t>(d) != cfg_.memory_dim())
@@ -190,14 +193,59 @@ public:
         cuda::gather_options g;
         g.grid_fraction = opt_.prefetch_grid_fraction;
         lookup(s, batch, seq_len, !token_mask.empty(), side_.get(), g);
-        s.ready.record(side_.get());
-        ticket t;
-        t.slot_ = k;
-        t.generation_ = ++s.generation;
-        t.batch_ = batch;
-        t.seq_len_ = seq_len;
-        t.masked_ = !token_mask.empty();
-        return t;
+        return issue(s, k, batch, seq_len, !token_mask.empty());
+    }
+
+    /// @brief A batch's row ids computed on the host (the plan step: hashing only, no I/O), for
+    ///        `prefetch(plan)`.
+    struct plan {
+        std::vector<row_id> rows; ///< [B, T, heads]
+        std::vector<std::uint8_t> mask;
+        std::size_t batch = 0, seq_len = 0;
+    };
+
+    /// @brief The plan of raw ids `[B, T]` (the host's hash, identical to the device's).
+    /// @throws input_error as `forward`.
+    [[nodiscard]] plan make_plan(std::span<const token_id> raw, std::size_t batch, std::size_t seq_len,
+                                 std::span<const std::uint8_t> token_mask = {}) const {
+        const std::size_t n = check_batch(raw, batch, seq_len, token_mask);
+        plan p;
+        p.batch = batch;
+        p.seq_len = seq_len;
+        p.mask.assign(token_mask.begin(), token_mask.end());
+        p.rows.resize(n * num_heads());
+        if (mask_blocks_hash && !token_mask.empty()) {
+            std::vector<std::uint8_t> live(token_mask.begin(), token_mask.end());
+            if (cfg_.dead_token)
+                for (std::size_t i = 0; i < n; ++i)
+                    if (raw[i] == *cfg_.dead_token) live[i] = 0;
+            host_hasher_.rows_tokens(vocab_, raw, batch, seq_len, p.rows, std::span<const std::uint8_t>(live));
+        } else {
+            host_hasher_.rows_tokens(vocab_, raw, batch, seq_len, p.rows, cfg_.dead_token);
+        }
+        return p;
+    }
+
+    /// @brief The lookup of a plan made on the host: its row ids are staged (pinned) and copied,
+    ///        and the gather is enqueued on the side stream into the slot's staging buffer; an
+    ///        event marks its end. Returns at once.
+    /// @throws input_error for a plan whose sizes do not match this layer.
+    ticket prefetch(const plan& p) {
+        const std::size_t n = p.batch * p.seq_len;
+        if (p.rows.size() != n * num_heads() || (!p.mask.empty() && p.mask.size() != n))
+            throw input_error("cuda layer: the plan has " + std::to_string(p.rows.size()) + " row ids for " +
+                              std::to_string(n) + " tokens of " + std::to_string(num_heads()) + " heads");
+        const std::size_t k = next_slot_++ % slots_.size();
+        slot& s = slots_[k];
+        s.consumed.wait_on(side_.get());
+        cuda::check(cudaEventSynchronize(s.staged.get()), "cudaEventSynchronize (staging)");
+        stage(s.rows_host, s.rows, std::span<const row_id>(p.rows), side_.get());
+        if (!p.mask.empty()) stage(s.mask_host, s.mask, std::span<const std::uint8_t>(p.mask), side_.get());
+        s.staged.record(side_.get());
+        cuda::gather_options g;
+        g.grid_fraction = opt_.prefetch_grid_fraction;
+        gather_memory(s, n * num_heads(), side_.get(), g);
+        return issue(s, k, p.batch, p.seq_len, !p.mask.empty());
     }
 
     /// @brief The layer on a prefetched lookup: `stream` waits on the ticket's event (no host
@@ -276,7 +324,7 @@ public:
 private:
     /// Staging and scratch of one batch: ids, rows, memory vectors, projections, gates, conv rows.
     struct slot {
-        cuda::pinned_buffer raw_host, mask_host;
+        cuda::pinned_buffer raw_host, mask_host, rows_host;
         cuda::device_buffer<token_id> raw;
         cuda::device_buffer<std::uint8_t> mask;
         cuda::device_buffer<row_id> rows;
@@ -285,6 +333,30 @@ private:
         cuda::event staged, ready, consumed;
         std::uint64_t generation = 0;
     };
+
+    /// Marks the end of slot k's lookup on the side stream and makes its ticket.
+    ticket issue(slot& s, std::size_t k, std::size_t batch, std::size_t seq_len, bool masked) {
+        s.ready.record(side_.get());
+        ticket t;
+        t.slot_ = k;
+        t.generation_ = ++s.generation;
+        t.batch_ = batch;
+        t.seq_len_ = seq_len;
+        t.masked_ = masked;
+        return t;
+    }
+
+    /// Copies `v` into pinned staging memory, then to the device on `stream`.
+    template <class T>
+    static void stage(cuda::pinned_buffer& host, cuda::device_buffer<T>& dev, std::span<const T> v,
+                      cudaStream_t stream) {
+        if (host.size() < v.size_bytes()) host = cuda::pinned_buffer(v.size_bytes());
+        if (!v.empty()) std::memcpy(host.data(), v.data(), v.size_bytes());
+        dev.reserve(v.size());
+        if (!v.empty())
+            cuda::check(cudaMemcpyAsync(dev.data(), host.data(), v.size_bytes(), cudaMemcpyHostToDevice, stream),
+                  "cudaMemcpyAsync (staging)");
+    }
 
     static table_view check_rows(const table_view& rows, const layer_layout& l) {
         if (rows.count != static_cast<std::size_t>(l.total_rows) || rows.dim != static_cast<std::size_t>(l.head_dim))
@@ -324,18 +396,8 @@ private:
     static void stage_ids(slot& s, std::span<const token_id> raw, std::span<const std::uint8_t> mask,
                           cudaStream_t stream) {
         cuda::check(cudaEventSynchronize(s.staged.get()), "cudaEventSynchronize (staging)");
-        if (s.raw_host.size() < raw.size_bytes()) s.raw_host = cuda::pinned_buffer(raw.size_bytes());
-        std::memcpy(s.raw_host.data(), raw.data(), raw.size_bytes());
-        s.raw.reserve(raw.size());
-        cuda::check(cudaMemcpyAsync(s.raw.data(), s.raw_host.data(), raw.size_bytes(), cudaMemcpyHostToDevice, stream),
-              "cudaMemcpyAsync (ids)");
-        if (!mask.empty()) {
-            if (s.mask_host.size() < mask.size()) s.mask_host = cuda::pinned_buffer(mask.size());
-            std::memcpy(s.mask_host.data(), mask.data(), mask.size());
-            s.mask.reserve(mask.size());
-            cuda::check(cudaMemcpyAsync(s.mask.data(), s.mask_host.data(), mask.size(), cudaMemcpyHostToDevice, stream),
-                  "cudaMemcpyAsync (mask)");
-        }
+        stage(s.raw_host, s.raw, raw, stream);
+        if (!mask.empty()) stage(s.mask_host, s.mask, mask, stream);
         s.staged.record(stream);
     }
 
@@ -415,6 +477,8 @@ private:
     options opt_;
     cuda::layer_hash hash_;
     cuda::device_table table_;
+    canonical_table vocab_;
+    ngram_hasher<multiply_xor_family, orders_type> host_hasher_;
     cuda::projection_format format_ = cuda::projection_format::f32;
     cuda::cublas_projection proj_;
     cuda::device_buffer<float> key_norm_, hidden_norm_, conv_w_, conv_norm_;
