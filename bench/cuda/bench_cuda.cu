@@ -39,7 +39,8 @@ __global__ void probe_rows(const std::byte* codes, const std::byte* scales, std:
         for (std::size_t c = sub; c < chunks; c += lanes) {
             uint4 v = reinterpret_cast<const uint4*>(codes + r * dim)[c];
             v.x ^= static_cast<unsigned>(scales[r * (dim / 32) + c / 2]);
-            for (std::size_t k = 0; k < out_chunks / chunks; ++k) out[i * out_chunks + c * (out_chunks / chunks) + k] = v;
+            for (std::size_t k = 0; k < out_chunks / chunks; ++k)
+                out[i * out_chunks + c * (out_chunks / chunks) + k] = v;
         }
     }
 }
@@ -88,7 +89,8 @@ std::vector<std::byte> random_bytes(std::size_t n, std::uint64_t seed, unsigned 
     std::mt19937_64 rng(seed);
     for (std::size_t i = 0; i < n; i += 8) {
         std::uint64_t x = rng();
-        for (std::size_t k = i; k < i + 8 && k < n; ++k, x >>= 8) v[k] = static_cast<std::byte>((x & 0xFFu) % (hi + 1u));
+        for (std::size_t k = i; k < i + 8 && k < n; ++k, x >>= 8)
+            v[k] = static_cast<std::byte>((x & 0xFFu) % (hi + 1u));
     }
     return v;
 }
@@ -132,7 +134,8 @@ int main(int argc, char** argv) {
         probe_rows<<<grid, cuda::block_threads>>>(dt.view().rows, dt.view().scales, dim, d_ids.data(), count,
                                                   reinterpret_cast<uint4*>(out.data()));
     });
-    const double ours_rows = static_cast<double>(count) / (ours * 1e-3), probe_rows_s = static_cast<double>(count) / (probe * 1e-3);
+    const double ours_rows = static_cast<double>(count) / (ours * 1e-3),
+                 probe_rows_s = static_cast<double>(count) / (probe * 1e-3);
     std::printf("{\"gather_v41_device_mrows_s\": %.1f, \"gather_probe_mrows_s\": %.1f, \"gather_vs_probe\": %.3f, "
                 "\"gather_gb_s\": %.1f}\n",
                 ours_rows / 1e6, probe_rows_s / 1e6, probe / ours, ours_rows * (264.0 + 1024.0) / 1e9);
@@ -209,7 +212,7 @@ int main(int argc, char** argv) {
         auto t = i % 2 == 0 ? l.prefetch(raw, 1, tokens) : l.prefetch(plan); // device hash, host plan
         spin<<<1, 1>>>(static_cast<long long>(clock_khz) * static_cast<long long>(full * 2.0f + 1.0f));
         cuda::check(cudaStreamSynchronize(nullptr), "sync"); // the previous layer is done
-        ready_at_forward += l.ready(t) ? 1 : 0;                // the lookup finished under it
+        ready_at_forward += l.ready(t) ? 1 : 0;              // the lookup finished under it
         timer tm;
         tm.start(nullptr);
         l.forward(t, hid.data(), lout.data());

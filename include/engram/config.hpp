@@ -22,6 +22,15 @@
 #define ENGRAM_HOST_DEVICE inline
 #endif
 
+/// `ENGRAM_UNROLL(n)`: unroll the next loop n times (GCC and Clang); nothing under nvcc, whose
+/// front end does not know the GCC pragma in host code.
+#define ENGRAM_PRAGMA(x) _Pragma(#x)
+#if defined(__CUDACC__) || !(defined(__GNUC__) || defined(__clang__))
+#define ENGRAM_UNROLL(n)
+#else
+#define ENGRAM_UNROLL(n) ENGRAM_PRAGMA(GCC unroll n)
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define ENGRAM_ALWAYS_INLINE inline __attribute__((always_inline))
 #define ENGRAM_LIKELY(x) __builtin_expect(!!(x), 1)

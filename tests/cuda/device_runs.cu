@@ -38,9 +38,12 @@ static_assert(std::is_same_v<layer<demo_policies>, layer<demo_policies, cuda_bac
 
 cuda::table_placement placement_of(int p) {
     switch (p) {
-    case 1: return cuda::table_placement::host_registered;
-    case 2: return cuda::table_placement::host_pinned;
-    default: return cuda::table_placement::device;
+    case 1:
+        return cuda::table_placement::host_registered;
+    case 2:
+        return cuda::table_placement::host_pinned;
+    default:
+        return cuda::table_placement::device;
     }
 }
 
@@ -67,8 +70,8 @@ std::vector<float> run(Layer& l, const layer_run& r, std::span<const token_id> r
         // This batch's lookup (hashed on the device) and a second one (its first sequence, planned
         // on the host) in flight before the forward.
         auto t = l.prefetch(raw, batch, seq_len, mask);
-        auto next = l.prefetch(l.make_plan(raw.subspan(0, seq_len), 1, seq_len,
-                                           mask.empty() ? mask : mask.subspan(0, seq_len)));
+        auto next = l.prefetch(
+            l.make_plan(raw.subspan(0, seq_len), 1, seq_len, mask.empty() ? mask : mask.subspan(0, seq_len)));
         l.forward(t, hid.data(), out.data());
         cuda::device_buffer<float> out2;
         out2.reserve(seq_len * width);
@@ -108,9 +111,12 @@ auto with_layer(const layer_run& r, const layer_parameters& params, const table_
 template <class F>
 auto dispatch(const layer_run& r, const layer_parameters& params, const table_view& table, F&& f) {
     switch (r.kind) {
-    case family::demo: return with_layer<demo_policies>(r, params, table, f);
-    case family::production: return with_layer<production_policies>(r, params, table, f);
-    case family::v41: break;
+    case family::demo:
+        return with_layer<demo_policies>(r, params, table, f);
+    case family::production:
+        return with_layer<production_policies>(r, params, table, f);
+    case family::v41:
+        break;
     }
     return with_layer<v41_policies>(r, params, table, f);
 }

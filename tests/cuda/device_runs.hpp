@@ -26,9 +26,9 @@ std::string device_name();
 /// Row ids of every layer (layer after layer, [B, T, heads] each) from one hash launch.
 std::vector<std::int64_t> hash_layers(std::span<const engram::layer_layout> layouts,
                                       std::span<const engram::token_id> lookup,
-                                      std::optional<engram::token_id> dead_token,
-                                      std::span<const engram::token_id> raw, std::size_t batch, std::size_t seq_len,
-                                      std::span<const std::uint8_t> mask, bool int32_ids);
+                                      std::optional<engram::token_id> dead_token, std::span<const engram::token_id> raw,
+                                      std::size_t batch, std::size_t seq_len, std::span<const std::uint8_t> mask,
+                                      bool int32_ids);
 
 /// Where a table is placed: 0 device, 1 host_registered, 2 host_pinned.
 /// Rows `ids` decoded on the device (bf16 output widened back to float when `bf16_out`).
@@ -58,9 +58,8 @@ struct layer_run {
 
 /// The device layer's output [B, T, M, H] for hidden [B, T, M, H] (mask optional).
 std::vector<float> run_layer(const layer_run& run, const engram::layer_parameters& params,
-                             const engram::table_view& table, std::span<const engram::token_id> raw,
-                             std::size_t batch, std::size_t seq_len, std::span<const float> hidden,
-                             std::span<const std::uint8_t> mask);
+                             const engram::table_view& table, std::span<const engram::token_id> raw, std::size_t batch,
+                             std::size_t seq_len, std::span<const float> hidden, std::span<const std::uint8_t> mask);
 
 /// The device layer's row ids [B, T, heads] (its hash kernel, copied back).
 std::vector<engram::row_id> layer_rows(const layer_run& run, const engram::layer_parameters& params,

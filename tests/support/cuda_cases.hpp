@@ -163,7 +163,8 @@ inline bool outputs_match(const cuda_case& c, const std::vector<float>& got, dou
         const double a = got[i], b = c.expected[i];
         bool ok = false;
         if (c.bf16_output) {
-            const int ga = engram::bfloat16::from_float(got[i]).bits, gb = engram::bfloat16::from_float(c.expected[i]).bits;
+            const int ga = engram::bfloat16::from_float(got[i]).bits,
+                      gb = engram::bfloat16::from_float(c.expected[i]).bits;
             ok = std::abs(ga - gb) <= 1;
         } else {
             ok = std::fabs(a - b) <= tolerance * (1.0 + std::fabs(b));

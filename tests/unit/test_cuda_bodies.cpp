@@ -44,8 +44,12 @@ std::vector<row_id> hash_like_kernel(const std::vector<engram::layer_layout>& la
     std::vector<std::vector<row_id>> per_layer(layouts.size());
     for (std::size_t g = 0; g < batch * seq_len; ++g) {
         const std::size_t b = g / seq_len, t = g % seq_len;
-        bodies::window_source src{raw.data() + b * seq_len, lookup.data(), static_cast<token_id>(lookup.size()),
-                                  mask.empty() ? nullptr : mask.data() + b * seq_len, dead, layouts[0].pad};
+        bodies::window_source src{raw.data() + b * seq_len,
+                                  lookup.data(),
+                                  static_cast<token_id>(lookup.size()),
+                                  mask.empty() ? nullptr : mask.data() + b * seq_len,
+                                  dead,
+                                  layouts[0].pad};
         token_id w[8];
         REQUIRE(bodies::canonical_window(src, static_cast<std::int64_t>(t), layouts[0].max_order(), w));
         for (std::size_t l = 0; l < layouts.size(); ++l) {
@@ -63,7 +67,9 @@ void decode_like_kernel(const engram::table_view& t, row_id r, float* out) {
     const std::byte* row = t.rows + static_cast<std::size_t>(r) * t.row_bytes;
     for (std::size_t k = 0; k < t.dim; ++k) {
         switch (t.encoding) {
-        case engram::row_encoding::f32: std::memcpy(out + k, row + 4 * k, 4); break;
+        case engram::row_encoding::f32:
+            std::memcpy(out + k, row + 4 * k, 4);
+            break;
         case engram::row_encoding::bf16: {
             std::uint16_t b;
             std::memcpy(&b, row + 2 * k, 2);
@@ -75,8 +81,9 @@ void decode_like_kernel(const engram::table_view& t, row_id r, float* out) {
                                        bodies::ue8m0_value(static_cast<std::uint8_t>(row[t.dim + k / 32])));
             break;
         case engram::row_encoding::fp8_split:
-            out[k] = bodies::fp8_split_value(static_cast<std::uint8_t>(row[k]),
-                                             static_cast<std::uint8_t>(t.scales[static_cast<std::size_t>(r) * (t.dim / 32) + k / 32]));
+            out[k] = bodies::fp8_split_value(
+                static_cast<std::uint8_t>(row[k]),
+                static_cast<std::uint8_t>(t.scales[static_cast<std::size_t>(r) * (t.dim / 32) + k / 32]));
             break;
         }
     }
@@ -87,7 +94,8 @@ void decode_like_kernel(const engram::table_view& t, row_id r, float* out) {
 template <class Gate, bool HasConv>
 std::vector<float> layer_like_kernels(const engram_test::cuda_case& c, bool quantised) {
     const auto& p = c.params;
-    const std::size_t n = c.batch * c.seq_len, heads = p.layout.num_heads(), dim = static_cast<std::size_t>(p.layout.head_dim);
+    const std::size_t n = c.batch * c.seq_len, heads = p.layout.num_heads(),
+                      dim = static_cast<std::size_t>(p.layout.head_dim);
     const std::size_t d = heads * dim, h = static_cast<std::size_t>(p.config.hidden),
                       m = static_cast<std::size_t>(p.config.branches), r = (1 + m) * h;
     std::vector<float> e(n * d);
@@ -103,8 +111,7 @@ std::vector<float> layer_like_kernels(const engram_test::cuda_case& c, bool quan
     for (std::size_t i = 0; i < n; ++i)
         for (std::size_t o = 0; o < r; ++o) {
             double s = 0;
-            for (std::size_t k = 0; k < d; ++k)
-                s += static_cast<double>(e[i * d + k]) * p.projection_weight[o * d + k];
+            for (std::size_t k = 0; k < d; ++k) s += static_cast<double>(e[i * d + k]) * p.projection_weight[o * d + k];
             proj[i * r + o] = static_cast<float>(s);
         }
     std::vector<float> out(n * m * h), alpha(n * m), x(n * m * h);
@@ -199,8 +206,8 @@ TEST_CASE("decode window body: push_window gives the host decode state's rows", 
     for (auto p : lay.primes) w.push_back(static_cast<std::uint64_t>(p));
     for (auto p : lay.primes) w.push_back(bodies::barrett_magic(static_cast<std::uint64_t>(p)));
     const std::size_t nm = lay.multipliers.size(), nh = lay.primes.size();
-    const bodies::hash_params params{lay.orders.data(), 2, lay.heads_per_order, w.data(), w.data() + nm,
-                                     w.data() + nm + nh, lay.offsets.data()};
+    const bodies::hash_params params{
+        lay.orders.data(), 2, lay.heads_per_order, w.data(), w.data() + nm, w.data() + nm + nh, lay.offsets.data()};
     token_id window[3] = {lay.pad, lay.pad, lay.pad};
     auto raw = engram_test::token_ids(40, 9);
     raw[6] = raw[20] = 77;
@@ -208,7 +215,8 @@ TEST_CASE("decode window body: push_window gives the host decode state's rows", 
     for (std::size_t t = 0; t < raw.size(); ++t) {
         state.push(raw[t], want);
         const bool live = raw[t] != 77;
-        bodies::push_window(window, 3, live ? vocab.lookup()[static_cast<std::size_t>(raw[t])] : lay.pad, live, lay.pad);
+        bodies::push_window(window, 3, live ? vocab.lookup()[static_cast<std::size_t>(raw[t])] : lay.pad, live,
+                            lay.pad);
         bodies::hash_heads(params, window, got.data());
         INFO("step " << t);
         REQUIRE(got == want);
@@ -229,7 +237,8 @@ TEST_CASE("decode bodies: bf16, FP8 E4M3 x UE8M0 (packed and V4.1's two tensors)
         for (unsigned s = 0; s < 256; ++s) {
             const double want_code = v41_test::e4m3(static_cast<std::uint8_t>(code));
             const double scale = s == 255 ? std::nan("") : std::ldexp(1.0, static_cast<int>(s) - 127);
-            const float packed = bodies::fp8_value(static_cast<std::uint8_t>(code), bodies::ue8m0_value(static_cast<std::uint8_t>(s)));
+            const float packed =
+                bodies::fp8_value(static_cast<std::uint8_t>(code), bodies::ue8m0_value(static_cast<std::uint8_t>(s)));
             const float split = bodies::fp8_split_value(static_cast<std::uint8_t>(code), static_cast<std::uint8_t>(s));
             if (std::isnan(want_code)) {
                 REQUIRE(std::isnan(packed));
@@ -281,10 +290,11 @@ TEST_CASE("gather split: every (row, chunk) is taken by exactly one lane of the 
 }
 
 TEST_CASE("gather bodies: every case's rows decode to the host gather's bits", "[cuda][gather]") {
-    for (const auto& c : {engram_test::make_case<engram_test::demo_policies>("demo f32", false, std::nullopt),
-                          engram_test::make_case<engram_test::production_policies>("production bf16", true, std::nullopt),
-                          engram_test::make_case<engram_test::fp8_demo_policies>("demo fp8", false, std::nullopt),
-                          engram_test::v41_case()}) {
+    for (const auto& c :
+         {engram_test::make_case<engram_test::demo_policies>("demo f32", false, std::nullopt),
+          engram_test::make_case<engram_test::production_policies>("production bf16", true, std::nullopt),
+          engram_test::make_case<engram_test::fp8_demo_policies>("demo fp8", false, std::nullopt),
+          engram_test::v41_case()}) {
         INFO(c.name << " (" << engram::row_encoding_name(c.table.encoding) << ")");
         const std::size_t dim = c.table.dim;
         std::vector<float> got(c.memory.size());
@@ -293,8 +303,7 @@ TEST_CASE("gather bodies: every case's rows decode to the host gather's bits", "
     }
 }
 
-TEST_CASE("gate and fusion bodies: the device layer's steps on the CPU give the host layer's output",
-          "[cuda][layer]") {
+TEST_CASE("gate and fusion bodies: the device layer's steps on the CPU give the host layer's output", "[cuda][layer]") {
     std::string why;
     {
         const auto c = engram_test::make_case<engram_test::demo_policies>("demo", false, token_id{77});

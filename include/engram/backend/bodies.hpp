@@ -91,10 +91,10 @@ ENGRAM_HOST_DEVICE constexpr std::int64_t mix_window(const token_id* window, con
 struct window_source {
     const token_id* raw = nullptr;
     const token_id* lookup = nullptr;
-    token_id vocab_size = 0;        ///< V: raw ids are in [0, V)
+    token_id vocab_size = 0;            ///< V: raw ids are in [0, V)
     const std::uint8_t* mask = nullptr; ///< optional: 0 = dead
-    token_id dead_token = -1;       ///< a raw id that is dead; -1: none
-    token_id pad = 0;               ///< the canonical pad id
+    token_id dead_token = -1;           ///< a raw id that is dead; -1: none
+    token_id pad = 0;                   ///< the canonical pad id
 };
 
 /// Whether position `t` of the source's sequence is live (not a dead token, not masked).
@@ -137,13 +137,13 @@ ENGRAM_HOST_DEVICE constexpr void push_window(token_id* window, int w, token_id 
 
 /// @brief The hash parameters of one layer, as flat arrays (host or device memory).
 struct hash_params {
-    const int* orders = nullptr;              ///< n of each order, ascending
+    const int* orders = nullptr; ///< n of each order, ascending
     int order_count = 0;
-    int heads_per_order = 0;                  ///< K
+    int heads_per_order = 0;                    ///< K
     const std::uint64_t* multipliers = nullptr; ///< m_0..m_{N-1}
-    const std::uint64_t* primes = nullptr;    ///< per head
-    const std::uint64_t* magic = nullptr;     ///< barrett_magic(primes[h])
-    const std::int64_t* offsets = nullptr;    ///< per head (global row ids) or null (head-local ids)
+    const std::uint64_t* primes = nullptr;      ///< per head
+    const std::uint64_t* magic = nullptr;       ///< barrett_magic(primes[h])
+    const std::int64_t* offsets = nullptr;      ///< per head (global row ids) or null (head-local ids)
 };
 
 /// @brief Row ids (or head-local indices when `offsets` is null) of every head of one window:

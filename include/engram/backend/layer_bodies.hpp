@@ -26,9 +26,7 @@ struct conv_rows {
         return ring != 0 ? t % ring : b * seq_len + t;
     }
     ENGRAM_HOST_DEVICE constexpr std::size_t sequence(std::size_t i) const noexcept { return i / seq_len; }
-    ENGRAM_HOST_DEVICE constexpr std::size_t position(std::size_t i) const noexcept {
-        return first_pos + i % seq_len;
-    }
+    ENGRAM_HOST_DEVICE constexpr std::size_t position(std::size_t i) const noexcept { return first_pos + i % seq_len; }
 };
 
 /// @brief What the gate and fusion steps of `n` tokens read and write.

@@ -14,9 +14,9 @@
 #include <engram/error.hpp>
 #include <engram/layer/parameters.hpp>
 
-#include <cstddef> // for byte, size_t
-#include <cstdint> // for uint8_t, uint16_t, uint32_t, int32_t, int64_t
-#include <string>  // for string
+#include <cstddef>     // for byte, size_t
+#include <cstdint>     // for uint8_t, uint16_t, uint32_t, int32_t, int64_t
+#include <string>      // for string
 #include <type_traits> // for is_same_v
 
 ENGRAM_BEGIN_NAMESPACE
@@ -178,8 +178,8 @@ inline int load_bytes(const table_view& t) {
 template <row_encoding E, int L, class Id, class Out>
 void launch_gather(const table_view& t, const Id* ids, std::size_t count, Out* out, unsigned long long* error,
                    unsigned grid, cudaStream_t s) {
-    gather_rows<E, L, Id, Out><<<grid, block_threads, 0, s>>>(t.rows, t.scales, t.row_bytes, t.dim, t.count, ids, count,
-                                                              out, error);
+    gather_rows<E, L, Id, Out>
+        <<<grid, block_threads, 0, s>>>(t.rows, t.scales, t.row_bytes, t.dim, t.count, ids, count, out, error);
     check_launch("gather_rows");
 }
 

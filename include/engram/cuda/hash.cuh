@@ -14,14 +14,14 @@
 #include <engram/types.hpp>
 
 #include <algorithm>   // for max
-#include <cstddef>  // for size_t
-#include <cstdint>  // for int32_t, int64_t, uint64_t, uint8_t
-#include <limits>   // for numeric_limits
-#include <optional> // for optional
-#include <span>     // for span
-#include <string>   // for to_string
+#include <cstddef>     // for size_t
+#include <cstdint>     // for int32_t, int64_t, uint64_t, uint8_t
+#include <limits>      // for numeric_limits
+#include <optional>    // for optional
+#include <span>        // for span
+#include <string>      // for to_string
 #include <type_traits> // for is_same_v
-#include <vector>   // for vector
+#include <vector>      // for vector
 
 ENGRAM_BEGIN_NAMESPACE
 
@@ -42,8 +42,8 @@ struct layer_offsets {
 /// source), then every layer's row ids into `out [L, B, T, heads_l]` (layer l at `out_offset[l]`).
 template <class Id>
 __global__ void hash_layers(bodies::window_source src, std::size_t batch, std::size_t seq_len, int window,
-                            const bodies::hash_params* layers, int layer_count, layer_offsets out_offset,
-                            Id* out, unsigned long long* error) {
+                            const bodies::hash_params* layers, int layer_count, layer_offsets out_offset, Id* out,
+                            unsigned long long* error) {
     const std::size_t g = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (g >= batch * seq_len) return;
     const std::size_t b = g / seq_len, t = g % seq_len;
@@ -106,7 +106,8 @@ public:
                 throw config_error("cuda::layer_hash: layer " + std::to_string(l.layer_id) +
                                    " has another canonical vocabulary or pad than layer " +
                                    std::to_string(first.layer_id));
-            if (l.max_order() > hash_config::max_supported_ngram || l.multipliers.size() < static_cast<std::size_t>(l.max_order()))
+            if (l.max_order() > hash_config::max_supported_ngram ||
+                l.multipliers.size() < static_cast<std::size_t>(l.max_order()))
                 throw config_error("cuda::layer_hash: layer " + std::to_string(l.layer_id) + " has a bad order list");
             window_ = std::max(window_, l.max_order());
             at a{};
@@ -188,8 +189,7 @@ public:
         src.dead_token = dead_;
         src.pad = pad_;
         kernels::hash_layers<Id><<<blocks_for(tokens), block_threads, 0, stream>>>(
-            src, batch, seq_len, window_, params_.data(), static_cast<int>(rows_.size()), at, out,
-            error_.data());
+            src, batch, seq_len, window_, params_.data(), static_cast<int>(rows_.size()), at, out, error_.data());
         check_launch("hash_layers");
     }
 

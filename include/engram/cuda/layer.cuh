@@ -80,15 +80,16 @@ public:
     /// @throws config_error for inconsistent parameters; unsupported_error for a table the
     ///         device cannot read; cuda_error when memory or the device is refused.
     layer(const layer_parameters& p, const table_view& rows, options o = {})
-        : cfg_(p.config), layout_(p.layout), opt_(o), hash_(std::span<const layer_layout>(&layout_, 1), p.vocab_lookup,
-                                                           p.config.dead_token, true),
+        : cfg_(p.config), layout_(p.layout), opt_(o),
+          hash_(std::span<const layer_layout>(&layout_, 1), p.vocab_lookup, p.config.dead_token, true),
           table_(check_rows(rows, p.layout), o.placement),
           vocab_(canonical_table::from_lookup({p.vocab_lookup.begin(), p.vocab_lookup.end()})), host_hasher_(p.layout) {
         cfg_.validate();
         const std::size_t h = hidden_size(), m = branches(), d = memory_dim(), r = (1 + m) * h;
         if (static_cast<std::int64_t>(d) != cfg_.memory_dim())
             throw config_error("cuda layer: the layout's heads x head_dim (" + std::to_string(d) +
-                               ") differ from the configuration's memory width (" + std::to_string(cfg_.memory_dim()) + ")");
+                               ") differ from the configuration's memory width (" + std::to_string(cfg_.memory_dim()) +
+                               ")");
         if (p.projection_weight.size() != r * d || p.projection_bias.size() != r || p.key_norm.size() != m * h ||
             p.hidden_norm.size() != m * h)
             throw config_error("cuda layer: parameter shapes differ from the configuration");
@@ -97,7 +98,8 @@ public:
                 p.conv_norm.size() != m * h)
                 throw config_error("cuda layer: convolution parameter shapes differ from the configuration");
         if (o.prefetch_slots == 0) throw config_error("cuda layer: prefetch_slots must be at least 1");
-        format_ = o.format.value_or(quantised_projection ? cuda::projection_format::bf16 : cuda::projection_format::f32);
+        format_ =
+            o.format.value_or(quantised_projection ? cuda::projection_format::bf16 : cuda::projection_format::f32);
         proj_.set(p.projection_weight, p.projection_bias, r, d, format_);
         key_norm_.upload(p.key_norm);
         hidden_norm_.upload(p.hidden_norm);
@@ -114,10 +116,10 @@ public:
     /// @brief The layer of a host layer (`engram::layer<P>`): its parameters copied to the
     ///        device, its rows placed as `o.placement` says (`host_registered`: read in place).
     template <class HostLayer>
-        requires requires(const HostLayer& hl) {
-            hl.parameters();
-            hl.table();
-        }
+    requires requires(const HostLayer& hl) {
+        hl.parameters();
+        hl.table();
+    }
     explicit layer(const HostLayer& host, options o = {}) : layer(host.parameters(), table_view_of(host.table()), o) {}
 
     layer(const layer&) = delete;
@@ -147,7 +149,8 @@ public:
         stage_ids(s, raw, token_mask, nullptr);
         hash_.rows(s.raw.data(), batch, seq_len, mask_blocks_hash && !token_mask.empty() ? s.mask.data() : nullptr,
                    s.rows.reserve(n * num_heads()), nullptr);
-        cuda::check(cudaMemcpy(out.data(), s.rows.data(), out.size_bytes(), cudaMemcpyDeviceToHost), "cudaMemcpy (rows)");
+        cuda::check(cudaMemcpy(out.data(), s.rows.data(), out.size_bytes(), cudaMemcpyDeviceToHost),
+                    "cudaMemcpy (rows)");
     }
 
     /// @brief The layer on raw ids `[B, T]` (host) and hidden states `[B, T, M, H]` (device),
@@ -291,7 +294,8 @@ public:
         if constexpr (has_conv) {
             st.ring_rows_ = static_cast<std::size_t>((cfg_.kernel_size - 1) * cfg_.dilation()) + 1;
             const std::size_t bytes = st.ring_rows_ * branches() * hidden_size() * sizeof(float);
-            cuda::check(cudaMemset(st.ring_.reserve(st.ring_rows_ * branches() * hidden_size()), 0, bytes), "cudaMemset");
+            cuda::check(cudaMemset(st.ring_.reserve(st.ring_rows_ * branches() * hidden_size()), 0, bytes),
+                        "cudaMemset");
         }
         cuda::check(cudaDeviceSynchronize(), "cuda decode state");
         return st;
@@ -312,8 +316,8 @@ public:
         const bool live = (!mask_blocks_hash || keep) && raw != hash_.dead_token();
         slot& s = step_;
         cuda::kernels::decode_hash<row_id><<<1, 32, 0, stream>>>(st.window_.data(), layout_.max_order(),
-                                                           hash_.device_lookup(), raw, live, layout_.pad,
-                                                           hash_.device_params(0), s.rows.reserve(num_heads()));
+                                                                 hash_.device_lookup(), raw, live, layout_.pad,
+                                                                 hash_.device_params(0), s.rows.reserve(num_heads()));
         cuda::check_launch("decode_hash");
         gather_memory(s, num_heads(), stream, cuda::gather_options{});
         const cuda::conv_rows ring{st.ring_.data(), 1, st.pos_, st.ring_rows_};
@@ -355,7 +359,7 @@ private:
         dev.reserve(v.size());
         if (!v.empty())
             cuda::check(cudaMemcpyAsync(dev.data(), host.data(), v.size_bytes(), cudaMemcpyHostToDevice, stream),
-                  "cudaMemcpyAsync (staging)");
+                        "cudaMemcpyAsync (staging)");
     }
 
     static table_view check_rows(const table_view& rows, const layer_layout& l) {
@@ -374,14 +378,14 @@ private:
                             std::span<const std::uint8_t> mask) const {
         std::size_t n = 0;
         if (__builtin_mul_overflow(batch, seq_len, &n) || raw.size() != n)
-            throw input_error("cuda layer: " + std::to_string(raw.size()) + " ids, expected B x T = " +
-                              std::to_string(batch) + " x " + std::to_string(seq_len));
+            throw input_error("cuda layer: " + std::to_string(raw.size()) +
+                              " ids, expected B x T = " + std::to_string(batch) + " x " + std::to_string(seq_len));
         if (!mask.empty()) {
             if (!fusion_type::supports_token_mask)
                 throw input_error("forward: a token mask needs a fusion that supports it (production_fusion)");
             if (mask.size() != n)
-                throw input_error("forward: token mask has " + std::to_string(mask.size()) + " entries, expected B*T = " +
-                                  std::to_string(n));
+                throw input_error("forward: token mask has " + std::to_string(mask.size()) +
+                                  " entries, expected B*T = " + std::to_string(n));
         }
         const auto v = static_cast<std::uint64_t>(hash_.vocab_size());
         for (std::size_t i = 0; i < n; ++i)
@@ -428,14 +432,14 @@ private:
         run_math(s, n, cuda::conv_rows{x, seq_len, 0, 0}, hidden, out, masked ? s.mask.data() : nullptr, stream);
     }
 
-    void run_math(slot& s, std::size_t n, cuda::conv_rows rows, const float* hidden, float* out, const std::uint8_t* mask,
-                  cudaStream_t stream) {
+    void run_math(slot& s, std::size_t n, cuda::conv_rows rows, const float* hidden, float* out,
+                  const std::uint8_t* mask, cudaStream_t stream) {
         if (n == 0) return;
         const std::size_t d = memory_dim(), h = hidden_size(), m = branches(), r = (1 + m) * h;
         const void* e = s.e.data();
         if constexpr (quantised_projection) {
-            cuda::kernels::act_quant<<<cuda::blocks_for(n * ((d + 31) / 32)), cuda::block_threads, 0, stream>>>(s.e.data(), n, d,
-                                                                                            s.e16.reserve(n * d));
+            cuda::kernels::act_quant<<<cuda::blocks_for(n * ((d + 31) / 32)), cuda::block_threads, 0, stream>>>(
+                s.e.data(), n, d, s.e16.reserve(n * d));
             cuda::check_launch("act_quant");
             e = s.e16.data();
         } else if (format_ == cuda::projection_format::bf16) {
@@ -464,7 +468,8 @@ private:
             a.kernel_size = static_cast<int>(cfg_.kernel_size);
             a.dilation = static_cast<std::size_t>(cfg_.dilation());
         }
-        cuda::kernels::gate_fuse<gate_type, has_conv><<<static_cast<unsigned>(n * m), cuda::block_threads, 0, stream>>>(a);
+        cuda::kernels::gate_fuse<gate_type, has_conv>
+            <<<static_cast<unsigned>(n * m), cuda::block_threads, 0, stream>>>(a);
         cuda::check_launch("gate_fuse");
         if constexpr (has_conv) {
             cuda::kernels::conv_silu<<<cuda::blocks_for(n * m * h), cuda::block_threads, 0, stream>>>(a, n);

@@ -4,7 +4,8 @@
 // pinned host memory, host registrations, streams and events. Compiled by nvcc only.
 
 #if !defined(__CUDACC__)
-#error "engram/cuda/*.cuh are CUDA headers: compile this file with nvcc (CMake: enable_language(CUDA), link engram::cuda)"
+#error                                                                                                                 \
+    "engram/cuda/*.cuh are CUDA headers: compile this file with nvcc (CMake: enable_language(CUDA), link engram::cuda)"
 #endif
 
 #include <engram/config.hpp>
@@ -14,11 +15,11 @@
 
 #include <unistd.h> // for sysconf
 
-#include <cstddef>  // for size_t, byte
-#include <cstdint>  // for uintptr_t
-#include <span>     // for span
-#include <string>   // for string
-#include <utility>  // for exchange, swap
+#include <cstddef> // for size_t, byte
+#include <cstdint> // for uintptr_t
+#include <span>    // for span
+#include <string>  // for string
+#include <utility> // for exchange, swap
 
 ENGRAM_BEGIN_NAMESPACE
 
@@ -99,7 +100,8 @@ public:
     T* upload(std::span<const T> host, cudaStream_t stream = nullptr) {
         reserve(host.size());
         if (!host.empty())
-            check(cudaMemcpyAsync(p_, host.data(), host.size_bytes(), cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
+            check(cudaMemcpyAsync(p_, host.data(), host.size_bytes(), cudaMemcpyHostToDevice, stream),
+                  "cudaMemcpyAsync");
         return p_;
     }
     [[nodiscard]] T* data() const noexcept { return p_; }
@@ -156,8 +158,8 @@ public:
         const auto end = (reinterpret_cast<std::uintptr_t>(p) + bytes + page - 1) / page * page;
         base_ = reinterpret_cast<void*>(begin);
         const std::size_t len = end - begin;
-        cudaError_t e = cudaHostRegister(base_, len, cudaHostRegisterMapped | cudaHostRegisterPortable |
-                                                         cudaHostRegisterReadOnly);
+        cudaError_t e =
+            cudaHostRegister(base_, len, cudaHostRegisterMapped | cudaHostRegisterPortable | cudaHostRegisterReadOnly);
         if (e == cudaErrorNotSupported || e == cudaErrorInvalidValue) { // no read-only registration here
             (void)cudaGetLastError();
             e = cudaHostRegister(base_, len, cudaHostRegisterMapped | cudaHostRegisterPortable);
@@ -247,7 +249,7 @@ inline constexpr int block_threads = 256;
 /// Blocks covering n items at `block_threads` each (at least one).
 inline unsigned blocks_for(std::size_t n) {
     return static_cast<unsigned>((n + block_threads - 1) / block_threads > 0 ? (n + block_threads - 1) / block_threads
-                                                                            : 1);
+                                                                             : 1);
 }
 
 /// Checks the launch just made (a bad configuration shows at once; faults show at the next sync).

@@ -14,8 +14,8 @@
 #include <cstddef>   // for byte, size_t
 #include <cstdint>   // for uintptr_t
 #include <cstring>   // for memcpy
-#include <unistd.h>  // for sysconf
 #include <string>    // for string
+#include <unistd.h>  // for sysconf
 
 ENGRAM_BEGIN_NAMESPACE
 
@@ -30,9 +30,12 @@ enum class table_placement {
 
 [[nodiscard]] constexpr const char* placement_name(table_placement p) noexcept {
     switch (p) {
-    case table_placement::device: return "device";
-    case table_placement::host_registered: return "host_registered";
-    case table_placement::host_pinned: return "host_pinned";
+    case table_placement::device:
+        return "device";
+    case table_placement::host_registered:
+        return "host_registered";
+    case table_placement::host_pinned:
+        return "host_pinned";
     }
     return "?";
 }
@@ -54,7 +57,8 @@ public:
         case table_placement::device: {
             auto* d = device_.reserve(rb + sb);
             check(cudaMemcpy(d, host.rows, rb, cudaMemcpyHostToDevice), "cudaMemcpy (table rows)");
-            if (sb != 0) check(cudaMemcpy(d + rb, host.scales, sb, cudaMemcpyHostToDevice), "cudaMemcpy (table scales)");
+            if (sb != 0)
+                check(cudaMemcpy(d + rb, host.scales, sb, cudaMemcpyHostToDevice), "cudaMemcpy (table scales)");
             view_.rows = d;
             view_.scales = sb != 0 ? d + rb : nullptr;
             break;

@@ -21,8 +21,7 @@ class fast_mod {
 public:
     fast_mod() = default;
     /// @pre p >= 1.
-    constexpr explicit fast_mod(std::uint64_t p) noexcept
-        : p_(p), m_(bodies::barrett_magic(p)) {}
+    constexpr explicit fast_mod(std::uint64_t p) noexcept : p_(p), m_(bodies::barrett_magic(p)) {}
 
     [[nodiscard]] constexpr std::uint64_t divisor() const noexcept { return p_; }
 

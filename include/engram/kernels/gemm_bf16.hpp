@@ -109,10 +109,10 @@ ENGRAM_TARGET_BF16 inline void gemm_bf16_tile(const std::uint32_t* ws, const std
     __m512 acc0[NT], acc1[NT];
     if (bias != nullptr) {
         const __m512 b0 = _mm512_maskz_loadu_ps(m0, bias), b1 = _mm512_maskz_loadu_ps(m1, bias + 16);
-#pragma GCC unroll 16
+        ENGRAM_UNROLL(16)
         for (std::size_t i = 0; i < NT; ++i) acc0[i] = b0, acc1[i] = b1;
     } else {
-#pragma GCC unroll 16
+        ENGRAM_UNROLL(16)
         for (std::size_t i = 0; i < NT; ++i) {
             acc0[i] = _mm512_maskz_loadu_ps(m0, c + i * ldc);
             acc1[i] = _mm512_maskz_loadu_ps(m1, c + i * ldc + 16);
@@ -121,14 +121,14 @@ ENGRAM_TARGET_BF16 inline void gemm_bf16_tile(const std::uint32_t* ws, const std
     for (std::size_t j = j0; j < j1; ++j) {
         const __m512bh w0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(ws + j * 32));
         const __m512bh w1 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(ws + j * 32 + 16));
-#pragma GCC unroll 16
+        ENGRAM_UNROLL(16)
         for (std::size_t i = 0; i < NT; ++i) {
             const __m512bh av = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(a[i * lda_pairs + j])));
             acc0[i] = _mm512_dpbf16_ps(acc0[i], w0, av);
             acc1[i] = _mm512_dpbf16_ps(acc1[i], w1, av);
         }
     }
-#pragma GCC unroll 16
+    ENGRAM_UNROLL(16)
     for (std::size_t i = 0; i < NT; ++i) {
         _mm512_mask_storeu_ps(c + i * ldc, m0, acc0[i]);
         _mm512_mask_storeu_ps(c + i * ldc + 16, m1, acc1[i]);
@@ -182,12 +182,12 @@ ENGRAM_TARGET_BF16 inline void gemv_bf16_dot_avx512(const packed_bf16& w, std::s
     for (; s + 4 <= s1 && (s + 4) * packed_bf16::strip <= w.rows(); s += 4) {
         float* ys = y + s * packed_bf16::strip;
         __m512 acc[8];
-#pragma GCC unroll 8
+        ENGRAM_UNROLL(8)
         for (std::size_t k = 0; k < 8; ++k) acc[k] = _mm512_loadu_ps(ys + 16 * k);
         const std::uint32_t* wp[4] = {w.strip_data(s), w.strip_data(s + 1), w.strip_data(s + 2), w.strip_data(s + 3)};
         for (std::size_t j = 0; j < pairs; ++j) {
             const __m512bh av = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(a[j])));
-#pragma GCC unroll 4
+            ENGRAM_UNROLL(4)
             for (std::size_t k = 0; k < 4; ++k) {
                 acc[2 * k] =
                     _mm512_dpbf16_ps(acc[2 * k], reinterpret_cast<__m512bh>(_mm512_loadu_si512(wp[k] + j * 32)), av);
@@ -195,7 +195,7 @@ ENGRAM_TARGET_BF16 inline void gemv_bf16_dot_avx512(const packed_bf16& w, std::s
                     acc[2 * k + 1], reinterpret_cast<__m512bh>(_mm512_loadu_si512(wp[k] + j * 32 + 16)), av);
             }
         }
-#pragma GCC unroll 8
+        ENGRAM_UNROLL(8)
         for (std::size_t k = 0; k < 8; ++k) _mm512_storeu_ps(ys + 16 * k, acc[k]);
     }
     if (s < s1) gemm_bf16_avx512(w, s, s1, a, pairs, 1, y, 0, nullptr);

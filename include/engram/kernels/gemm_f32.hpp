@@ -115,18 +115,18 @@ ENGRAM_TARGET_F32GEMM inline void f32_tile(const float* ws, std::size_t cols, co
                                            __mmask16 m1) noexcept {
     __m512 acc0[NT], acc1[NT];
     const __m512 b0 = _mm512_maskz_loadu_ps(m0, bias), b1 = _mm512_maskz_loadu_ps(m1, bias + 16);
-#pragma GCC unroll 16
+    ENGRAM_UNROLL(16)
     for (std::size_t i = 0; i < NT; ++i) acc0[i] = b0, acc1[i] = b1;
     for (std::size_t k = 0; k < cols; ++k) {
         const __m512 w0 = _mm512_loadu_ps(ws + k * f32_strip), w1 = _mm512_loadu_ps(ws + k * f32_strip + 16);
-#pragma GCC unroll 16
+        ENGRAM_UNROLL(16)
         for (std::size_t i = 0; i < NT; ++i) {
             const __m512 av = _mm512_set1_ps(a[i * lda + k]);
             acc0[i] = _mm512_fmadd_ps(w0, av, acc0[i]);
             acc1[i] = _mm512_fmadd_ps(w1, av, acc1[i]);
         }
     }
-#pragma GCC unroll 16
+    ENGRAM_UNROLL(16)
     for (std::size_t i = 0; i < NT; ++i) {
         _mm512_mask_storeu_ps(c + i * ldc, m0, acc0[i]);
         _mm512_mask_storeu_ps(c + i * ldc + 16, m1, acc1[i]);

@@ -180,7 +180,7 @@ ENGRAM_VNNI_TARGET inline void int8_tile(const std::int8_t* ws, std::size_t k4, 
     for (std::size_t j = 0; j < NT; ++j) acc[j] = _mm512_setzero_si512();
     for (std::size_t k = 0; k < k4; ++k) {
         const __m512i wv = _mm512_loadu_si512(ws + k * 64);
-#pragma GCC unroll 8
+        ENGRAM_UNROLL(8)
         for (std::size_t j = 0; j < NT; ++j) {
             std::int32_t four;
             std::memcpy(&four, u[j] + 4 * k, 4);
@@ -269,7 +269,7 @@ ENGRAM_VNNI_TARGET inline void int8_gemv_group(const packed_int8& w, std::size_t
         std::int32_t four;
         std::memcpy(&four, u + 4 * k, 4);
         const __m512i a = _mm512_set1_epi32(four);
-#pragma GCC unroll 8
+        ENGRAM_UNROLL(8)
         for (std::size_t g = 0; g < G; ++g) acc[g] = _mm512_dpbusd_epi32(acc[g], a, _mm512_loadu_si512(ws[g] + k * 64));
     }
     constexpr auto all = static_cast<__mmask16>(0xFFFF);

@@ -146,11 +146,11 @@ gemv_f32_avx512(const float* w, const float* x, float* y, std::size_t rows, std:
     for (; r + group <= rows; r += group) {
         const float* wr = w + r * cols;
         __m512 acc[group];
-#pragma GCC unroll 8
+        ENGRAM_UNROLL(8)
         for (auto& a : acc) a = _mm512_setzero_ps();
         for (std::size_t c = 0; c < full; c += 16) {
             const __m512 xv = _mm512_loadu_ps(x + c);
-#pragma GCC unroll 8
+            ENGRAM_UNROLL(8)
             for (std::size_t i = 0; i < group; ++i) {
                 _mm_prefetch(reinterpret_cast<const char*>(wr + i * cols + c + ahead), _MM_HINT_T0); // one line
                 acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(wr + i * cols + c), xv, acc[i]);
@@ -158,11 +158,11 @@ gemv_f32_avx512(const float* w, const float* x, float* y, std::size_t rows, std:
         }
         if (tail != 0) {
             const __m512 xv = _mm512_maskz_loadu_ps(tail, x + full);
-#pragma GCC unroll 8
+            ENGRAM_UNROLL(8)
             for (std::size_t i = 0; i < group; ++i)
                 acc[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, wr + i * cols + full), xv, acc[i]);
         }
-#pragma GCC unroll 8
+        ENGRAM_UNROLL(8)
         for (std::size_t i = 0; i < group; ++i) y[r + i] = sum_lanes(acc[i]);
     }
     for (; r < rows; ++r) {

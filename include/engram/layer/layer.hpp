@@ -213,9 +213,18 @@ public:
     /// @brief Every parameter but the rows, as plain views into this layer (what a device
     ///        backend copies; `table_view_of(table())` describes the rows).
     [[nodiscard]] layer_parameters parameters() const {
-        auto span_of = [](const auto& m) { return std::span<const float>(m.data(), static_cast<std::size_t>(m.size())); };
-        layer_parameters p{cfg_, layout(), vocab_.lookup(), span_of(proj_w_), span_of(proj_b_), span_of(key_norm_),
-                           span_of(hidden_norm_), {}, {}};
+        auto span_of = [](const auto& m) {
+            return std::span<const float>(m.data(), static_cast<std::size_t>(m.size()));
+        };
+        layer_parameters p{cfg_,
+                           layout(),
+                           vocab_.lookup(),
+                           span_of(proj_w_),
+                           span_of(proj_b_),
+                           span_of(key_norm_),
+                           span_of(hidden_norm_),
+                           {},
+                           {}};
         if constexpr (fusion_type::has_conv) {
             p.conv_weight = span_of(conv_w_);
             p.conv_norm = span_of(conv_norm_);

@@ -23,13 +23,13 @@ ENGRAM_BEGIN_NAMESPACE
 struct layer_parameters {
     layer_config config;
     layer_layout layout;
-    std::span<const token_id> vocab_lookup;    ///< raw id -> canonical id, V entries
-    std::span<const float> projection_weight;  ///< [(1+M)H, D]: value rows, then each branch's key rows
-    std::span<const float> projection_bias;    ///< [(1+M)H]
-    std::span<const float> key_norm;           ///< [M, H]
-    std::span<const float> hidden_norm;        ///< [M, H]
-    std::span<const float> conv_weight;        ///< [M*H, Kc] (empty without a convolution)
-    std::span<const float> conv_norm;          ///< [M, H] (empty without a convolution)
+    std::span<const token_id> vocab_lookup;   ///< raw id -> canonical id, V entries
+    std::span<const float> projection_weight; ///< [(1+M)H, D]: value rows, then each branch's key rows
+    std::span<const float> projection_bias;   ///< [(1+M)H]
+    std::span<const float> key_norm;          ///< [M, H]
+    std::span<const float> hidden_norm;       ///< [M, H]
+    std::span<const float> conv_weight;       ///< [M*H, Kc] (empty without a convolution)
+    std::span<const float> conv_norm;         ///< [M, H] (empty without a convolution)
 };
 
 /// How a table's rows are encoded in memory.
@@ -42,10 +42,14 @@ enum class row_encoding {
 
 [[nodiscard]] constexpr const char* row_encoding_name(row_encoding e) noexcept {
     switch (e) {
-    case row_encoding::f32: return "f32";
-    case row_encoding::bf16: return "bf16";
-    case row_encoding::fp8_packed: return "fp8";
-    case row_encoding::fp8_split: return "fp8 (two tensors)";
+    case row_encoding::f32:
+        return "f32";
+    case row_encoding::bf16:
+        return "bf16";
+    case row_encoding::fp8_packed:
+        return "fp8";
+    case row_encoding::fp8_split:
+        return "fp8 (two tensors)";
     }
     return "?";
 }
@@ -75,7 +79,10 @@ table_view table_view_of(const Table& t) {
     table_view v;
     v.count = t.rows();
     v.dim = t.dim();
-    if constexpr (requires { t.codes(0); t.scales(0); }) {
+    if constexpr (requires {
+                      t.codes(0);
+                      t.scales(0);
+                  }) {
         v.encoding = row_encoding::fp8_split;
         v.rows = t.codes(0);
         v.scales = t.scales(0);

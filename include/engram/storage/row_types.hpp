@@ -16,12 +16,8 @@ struct bfloat16 {
     std::uint16_t bits = 0;
 
     /// Round to nearest even, as PyTorch does; NaN stays a (quiet) NaN.
-    static constexpr bfloat16 from_float(float f) noexcept {
-        return bfloat16{bodies::bf16_bits(f)};
-    }
-    [[nodiscard]] constexpr float to_float() const noexcept {
-        return bodies::bf16_value(bits);
-    }
+    static constexpr bfloat16 from_float(float f) noexcept { return bfloat16{bodies::bf16_bits(f)}; }
+    [[nodiscard]] constexpr float to_float() const noexcept { return bodies::bf16_value(bits); }
     friend constexpr bool operator==(bfloat16, bfloat16) = default;
 };
 
