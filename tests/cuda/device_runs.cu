@@ -10,6 +10,7 @@
 #include <engram/layer/projection.hpp>
 #include <engram/ngram/orders.hpp>
 
+#include <cstdio>
 #include <cstring>
 #include <stdexcept>
 
@@ -105,6 +106,11 @@ auto with_layer(const layer_run& r, const layer_parameters& params, const table_
     o.placement = placement_of(r.placement);
     if (r.bf16_projection) o.format = cuda::projection_format::bf16;
     layer<P> l(params, table, o);
+    static bool told = false;
+    if (!told && r.bf16_projection) {
+        std::printf("cuda.device: bf16 projection of 38 tokens through %s\n", l.projection().path(38));
+        told = true;
+    }
     return f(l);
 }
 

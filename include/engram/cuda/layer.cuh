@@ -133,6 +133,8 @@ public:
     }
     [[nodiscard]] const cuda::device_table& table() const noexcept { return table_; }
     [[nodiscard]] cuda::projection_format format() const noexcept { return format_; }
+    /// The projection (its `path(n)` names the cuBLAS call n tokens take).
+    [[nodiscard]] const cuda::cublas_projection& projection() const noexcept { return proj_; }
     [[nodiscard]] const cuda::layer_hash& hasher() const noexcept { return hash_; }
 
     // ---- whole batches ---------------------------------------------------------------------
