@@ -23,6 +23,20 @@ namespace bodies = engram::bodies;
 
 namespace {
 
+/// A layout's hash parameters as the kernels take them: multipliers, primes and Barrett
+/// constants in `words` (which must outlive the result).
+bodies::hash_params params_of(const engram::layer_layout& lay, std::vector<std::uint64_t>& words) {
+    words.clear();
+    for (auto m : lay.multipliers) words.push_back(static_cast<std::uint64_t>(m));
+    for (auto p : lay.primes) words.push_back(static_cast<std::uint64_t>(p));
+    for (auto p : lay.primes) words.push_back(bodies::barrett_magic(static_cast<std::uint64_t>(p)));
+    const std::size_t nm = lay.multipliers.size(), nh = lay.primes.size();
+    return {lay.orders.data(),   static_cast<int>(lay.orders.size()),
+            lay.heads_per_order, words.data(),
+            words.data() + nm,   words.data() + nm + nh,
+            lay.offsets.data()};
+}
+
 /// The hash kernel on the CPU: per token, its window, then every layer's rows.
 std::vector<row_id> hash_like_kernel(const std::vector<engram::layer_layout>& layouts,
                                      const std::vector<token_id>& lookup, const std::vector<token_id>& raw,
@@ -31,16 +45,7 @@ std::vector<row_id> hash_like_kernel(const std::vector<engram::layer_layout>& la
     std::vector<row_id> out;
     std::vector<std::vector<std::uint64_t>> words(layouts.size());
     std::vector<bodies::hash_params> params;
-    for (std::size_t l = 0; l < layouts.size(); ++l) {
-        auto& w = words[l];
-        const auto& lay = layouts[l];
-        for (auto m : lay.multipliers) w.push_back(static_cast<std::uint64_t>(m));
-        for (auto p : lay.primes) w.push_back(static_cast<std::uint64_t>(p));
-        for (auto p : lay.primes) w.push_back(bodies::barrett_magic(static_cast<std::uint64_t>(p)));
-        const std::size_t nm = lay.multipliers.size(), nh = lay.primes.size();
-        params.push_back({lay.orders.data(), static_cast<int>(lay.orders.size()), lay.heads_per_order, w.data(),
-                          w.data() + nm, w.data() + nm + nh, lay.offsets.data()});
-    }
+    for (std::size_t l = 0; l < layouts.size(); ++l) params.push_back(params_of(layouts[l], words[l]));
     std::vector<std::vector<row_id>> per_layer(layouts.size());
     for (std::size_t g = 0; g < batch * seq_len; ++g) {
         const std::size_t b = g / seq_len, t = g % seq_len;
@@ -202,12 +207,8 @@ TEST_CASE("decode window body: push_window gives the host decode state's rows", 
     engram::ngram_hasher<> hasher(lay);
     engram::ngram_state<engram::multiply_xor_family, engram::orders<2, 3>> state(hasher, vocab, token_id{77});
     std::vector<std::uint64_t> w;
-    for (auto m : lay.multipliers) w.push_back(static_cast<std::uint64_t>(m));
-    for (auto p : lay.primes) w.push_back(static_cast<std::uint64_t>(p));
-    for (auto p : lay.primes) w.push_back(bodies::barrett_magic(static_cast<std::uint64_t>(p)));
-    const std::size_t nm = lay.multipliers.size(), nh = lay.primes.size();
-    const bodies::hash_params params{
-        lay.orders.data(), 2, lay.heads_per_order, w.data(), w.data() + nm, w.data() + nm + nh, lay.offsets.data()};
+    const bodies::hash_params params = params_of(lay, w);
+    const std::size_t nh = lay.primes.size();
     token_id window[3] = {lay.pad, lay.pad, lay.pad};
     auto raw = engram_test::token_ids(40, 9);
     raw[6] = raw[20] = 77;

@@ -265,6 +265,17 @@ ENGRAM_HOST_DEVICE constexpr float act_quant_scale(float amax) noexcept {
     return as_float(static_cast<std::uint32_t>(e + 127) << 23);
 }
 
+/// The scale of the n values at x (the block's amax, floored at 1e-4, as std::max takes it: a
+/// NaN is skipped).
+ENGRAM_HOST_DEVICE constexpr float act_quant_block_scale(const float* x, std::size_t n) noexcept {
+    float amax = 1e-4f;
+    for (std::size_t k = 0; k < n; ++k) {
+        const float v = x[k] < 0 ? -x[k] : x[k];
+        amax = amax < v ? v : amax;
+    }
+    return act_quant_scale(amax);
+}
+
 /// One value of a block with scale s: `e4m3(clamp(x / s, -448, 448)) * s`.
 ENGRAM_HOST_DEVICE constexpr float act_quant_value(float x, float scale) noexcept {
     float q = x * (1.0f / scale); // a power of two: x * (1 / s) == x / s

@@ -124,12 +124,7 @@ ENGRAM_HOST_DEVICE constexpr void conv_channel(const gate_args& a, std::size_t i
 ENGRAM_HOST_DEVICE constexpr void act_quant_block(const float* row, std::size_t d, std::size_t j,
                                                   std::uint16_t* out) noexcept {
     const std::size_t first = j * 32, len = d - first < 32 ? d - first : 32;
-    float amax = 1e-4f;
-    for (std::size_t k = 0; k < len; ++k) {
-        const float v = row[first + k] < 0 ? -row[first + k] : row[first + k];
-        amax = amax < v ? v : amax; // std::max's choice: a NaN is skipped
-    }
-    const float s = act_quant_scale(amax);
+    const float s = act_quant_block_scale(row + first, len);
     for (std::size_t k = 0; k < len; ++k) out[first + k] = bf16_bits(act_quant_value(row[first + k], s));
 }
 

@@ -87,12 +87,6 @@ static __global__ void act_quant(const float* e, std::size_t n, std::size_t d, b
     bodies::act_quant_block(e + i * d, d, g % blocks_per_row, out + i * d);
 }
 
-/// f32 -> bf16 (round to nearest even), n values.
-static __global__ void to_bf16(const float* in, std::size_t n, bf16_bits* out) {
-    const std::size_t g = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (g < n) out[g] = bodies::bf16_bits(in[g]);
-}
-
 /// One decode step's hash (one thread): push the token into the state's window, then the rows.
 template <class Id>
 __global__ void decode_hash(token_id* window, int w, const token_id* lookup, token_id raw, bool live, token_id pad,

@@ -166,7 +166,7 @@ public:
         slot& s = scratch_;
         stage_ids(s, raw, token_mask, stream);
         lookup(s, batch, seq_len, !token_mask.empty(), stream, cuda::gather_options{});
-        apply(s, batch, seq_len, n, hidden, out, !token_mask.empty(), stream);
+        apply(s, seq_len, n, hidden, out, !token_mask.empty(), stream);
     }
 
     /// @brief A lookup started ahead of its layer (see `prefetch`). Valid until its slot is
@@ -262,7 +262,7 @@ public:
                               "prefetch; raise options::prefetch_slots)");
         slot& s = slots_[t.slot_];
         s.ready.wait_on(stream);
-        apply(s, t.batch_, t.seq_len_, t.tokens(), hidden, out, t.masked_, stream);
+        apply(s, t.seq_len_, t.tokens(), hidden, out, t.masked_, stream);
         s.consumed.record(stream);
     }
 
@@ -426,9 +426,8 @@ private:
     }
 
     /// Projection, gate and fusion of `n` tokens whose memory vectors are in the slot.
-    void apply(slot& s, std::size_t batch, std::size_t seq_len, std::size_t n, const float* hidden, float* out,
-               bool masked, cudaStream_t stream) {
-        (void)batch;
+    void apply(slot& s, std::size_t seq_len, std::size_t n, const float* hidden, float* out, bool masked,
+               cudaStream_t stream) {
         float* x = nullptr;
         if constexpr (has_conv) x = s.x.reserve(n * branches() * hidden_size());
         run_math(s, n, cuda::conv_rows{x, seq_len, 0, 0}, hidden, out, masked ? s.mask.data() : nullptr, stream);

@@ -9,11 +9,9 @@
 #include <engram/storage/quantized.hpp>
 #include <engram/storage/row_types.hpp>
 
-#include <algorithm> // for max, min
-#include <bit>       // for bit_cast
+#include <algorithm> // for min
 #include <concepts>  // for convertible_to
 #include <cstddef>   // for size_t
-#include <cstdint>   // for uint32_t
 
 ENGRAM_BEGIN_NAMESPACE
 
@@ -54,11 +52,7 @@ struct fp8_block_projection {
     static constexpr std::size_t block = 32;
 
     /// The scale of one block: 2^ceil(log2(max(amax, 1e-4) / 448)).
-    static float block_scale(const float* x, std::size_t n) noexcept {
-        float amax = 1e-4f;
-        for (std::size_t i = 0; i < n; ++i) amax = std::max(amax, x[i] < 0 ? -x[i] : x[i]);
-        return bodies::act_quant_scale(amax); // amax >= 1e-4: amax / 448 is a normal float
-    }
+    static float block_scale(const float* x, std::size_t n) noexcept { return bodies::act_quant_block_scale(x, n); }
 
     static void prepare(const float* e, float* out, std::size_t d) noexcept {
         for (std::size_t j = 0; j < d; j += block) {
