@@ -661,10 +661,25 @@ private:
 
 // ---- forward ----------------------------------------------------------------------------------
 
+/// @brief A batch whose rows are being fetched or were fetched: a `prefetch_ticket`, or the
+///        ticket of another fetch (e.g. `dist::exchange_ticket`, rows from other MPI ranks).
+///        `plan()` and `memory()` wait for the fetch; `memory()` is e `[B*T, heads*dim]` of
+///        `plan()`; `check_plan(p, what)` throws input_error unless `p` has the ticket's row ids.
+template <class T>
+concept fetched_batch = requires(const T& t, const lookup_plan& p) {
+    { t.plan() } -> std::convertible_to<const lookup_plan&>;
+    { t.memory() } -> std::convertible_to<std::span<const float>>;
+    { t.dim() } -> std::convertible_to<std::size_t>;
+    { t.table_rows() } -> std::convertible_to<std::size_t>;
+    t.check_plan(p, "");
+};
+
+static_assert(fetched_batch<prefetch_ticket>);
+
 namespace detail {
 
-template <class Layer>
-void check_prefetch(const Layer& layer, const prefetch_ticket& ticket, const lookup_plan& plan, const char* what) {
+template <class Layer, fetched_batch Ticket>
+void check_prefetch(const Layer& layer, const Ticket& ticket, const lookup_plan& plan, const char* what) {
     if (plan.heads != layer.num_heads() || ticket.dim() * plan.heads != layer.memory_dim() ||
         ticket.table_rows() != static_cast<std::size_t>(layer.layout().total_rows))
         throw config_error(std::string(what) + ": the plan (" + std::to_string(plan.heads) + " heads) and the table (" +
@@ -682,8 +697,8 @@ void check_prefetch(const Layer& layer, const prefetch_ticket& ticket, const loo
 /// @param hidden, out `[B, T, M, H]` of the ticket's plan.
 /// @throws the fetch's error; config_error if the plan or table does not fit the layer;
 ///         input_error for wrong sizes.
-template <class Layer>
-void forward(const Layer& layer, const prefetch_ticket& ticket, std::span<const float> hidden, std::span<float> out,
+template <class Layer, fetched_batch Ticket>
+void forward(const Layer& layer, const Ticket& ticket, std::span<const float> hidden, std::span<float> out,
              std::span<const std::uint8_t> token_mask = {}) {
     const lookup_plan& plan = ticket.plan(); // waits
     detail::check_prefetch(layer, ticket, plan, "forward");
@@ -691,8 +706,8 @@ void forward(const Layer& layer, const prefetch_ticket& ticket, std::span<const 
 }
 
 /// @brief As above, checking that `plan` is the ticket's plan (input_error otherwise).
-template <class Layer>
-void forward(const Layer& layer, const prefetch_ticket& ticket, const lookup_plan& plan, std::span<const float> hidden,
+template <class Layer, fetched_batch Ticket>
+void forward(const Layer& layer, const Ticket& ticket, const lookup_plan& plan, std::span<const float> hidden,
              std::span<float> out, std::span<const std::uint8_t> token_mask = {}) {
     ticket.check_plan(plan, "forward"); // waits
     ::engram::forward(layer, ticket, hidden, out, token_mask);
@@ -709,8 +724,8 @@ void forward(const Layer& layer, const prefetch_ticket& ticket, const lookup_pla
 /// `layer::decode_step` (reading the layer's own table) can advance; it is not offered here.
 /// @param hidden, out `[n, M, H]`. @param keep optional `[n]`: 0 zeroes that token's gate.
 /// @throws input_error if the states moved since the plan or sizes differ (states unchanged).
-template <class Layer, hash_family Family, order_set Orders>
-void decode_forward(const Layer& layer, const prefetch_ticket& ticket, const lookup_plan& plan,
+template <class Layer, fetched_batch Ticket, hash_family Family, order_set Orders>
+void decode_forward(const Layer& layer, const Ticket& ticket, const lookup_plan& plan,
                     std::span<ngram_state<Family, Orders>> states, std::span<const token_id> next_tokens,
                     std::span<const float> hidden, std::span<float> out, std::span<const std::uint8_t> keep = {}) {
     static_assert(!Layer::fusion_type::has_conv,
@@ -740,8 +755,8 @@ void decode_forward(const Layer& layer, const prefetch_ticket& ticket, const loo
 ///        `make_decode_plan(layer, states, next_tokens)` and runs `decode_step_memory` per sequence
 ///        on the prefetched memory vectors. hidden and out are `[n, M, H]`.
 /// @throws input_error if a state or token no longer gives the plan's rows (that state unchanged).
-template <class Layer>
-void decode_forward(const Layer& layer, const prefetch_ticket& ticket, const lookup_plan& plan,
+template <class Layer, fetched_batch Ticket>
+void decode_forward(const Layer& layer, const Ticket& ticket, const lookup_plan& plan,
                     std::span<typename Layer::decode_state> states, std::span<const token_id> next_tokens,
                     std::span<const float> hidden, std::span<float> out, std::span<const std::uint8_t> keep = {}) {
     const std::size_t n = states.size();

@@ -1093,7 +1093,31 @@ public:
     /// @brief Opens and validates a table file (its manifest file's path).
     /// @throws io_error if a file cannot be opened; format_error naming the file and the field
     ///         or tensor at fault; unsupported_error for a newer format version.
-    static table_file open(const std::filesystem::path& path) {
+    static table_file open(const std::filesystem::path& path) { return open(path, true); }
+
+    /// @brief Opens and validates the manifest of a table file (as `open`: fields, layout,
+    ///        vocabulary, checksum) without opening any shard: a process that serves only some
+    ///        rows (a rank of a distributed table) then opens its own shards with
+    ///        `shard_table` / `rows_table(k0, k1)`, each checked as at `open`.
+    static table_file open_manifest(const std::filesystem::path& path) { return open(path, false); }
+
+    /// @brief The shards holding rows `[first_row, last_row)`: `{k0, k1}`, shards k0..k1-1.
+    /// @throws input_error for an empty range or one past the table's rows.
+    [[nodiscard]] std::pair<std::size_t, std::size_t> shards_holding(std::size_t first_row,
+                                                                     std::size_t last_row) const {
+        if (first_row >= last_row || last_row > rows())
+            throw input_error("table file '" + path_.string() + "': rows [" + std::to_string(first_row) + ", " +
+                              std::to_string(last_row) + ") are empty or outside its " + std::to_string(rows()) +
+                              " rows");
+        std::size_t k0 = 0;
+        while (m_.shards[k0].first_row + m_.shards[k0].rows <= first_row) ++k0;
+        std::size_t k1 = k0 + 1;
+        while (k1 < m_.shards.size() && m_.shards[k1].first_row < last_row) ++k1;
+        return {k0, k1};
+    }
+
+private:
+    static table_file open(const std::filesystem::path& path, bool check_shards) {
         table_file tf;
         tf.path_ = path;
         const std::string where = "table file '" + path.string() + "'";
@@ -1114,7 +1138,7 @@ public:
         tf.codec_ = detail::codec_info_for(tf.m_.codec);
         tf.load_vocab(file, where);
         table_manifest::check_checksum(j, where);
-        for (std::size_t k = 0; k < tf.m_.shards.size(); ++k) {
+        for (std::size_t k = 0; check_shards && k < tf.m_.shards.size(); ++k) {
             if (tf.m_.shards[k].file == path.filename().string()) {
                 tf.check_shard(file, k, where, /*is_manifest=*/true);
                 continue;
@@ -1125,6 +1149,7 @@ public:
         return tf;
     }
 
+public:
     [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
     [[nodiscard]] const table_manifest& manifest() const noexcept { return m_; }
     [[nodiscard]] const layer_config& config() const noexcept { return m_.config; }
@@ -1178,10 +1203,23 @@ public:
     ///        one-shard table), for `layer.forward(table, ...)` and `gather`.
     template <class Row>
     [[nodiscard]] rows_table_type<Row> rows_table() const {
+        return rows_table<Row>(0, num_shards());
+    }
+
+    /// @brief The rows of shards `[k0, k1)` only (e.g. from `shards_holding`): one
+    ///        `sharded_table` whose row 0 is row `manifest().shards[k0].first_row` of the file.
+    ///        Only those shard files are opened (and checked as at `open`).
+    /// @throws input_error for an empty or out-of-range shard range; as `shard_table`.
+    template <class Row>
+    [[nodiscard]] rows_table_type<Row> rows_table(std::size_t k0, std::size_t k1) const {
+        if (k0 >= k1 || k1 > num_shards())
+            throw input_error("table file '" + path_.string() + "': shards [" + std::to_string(k0) + ", " +
+                              std::to_string(k1) + ") of " + std::to_string(num_shards()));
+        const auto base = static_cast<std::size_t>(m_.shards[k0].first_row);
         std::vector<std::size_t> bounds;
-        for (const auto& s : m_.shards) bounds.push_back(static_cast<std::size_t>(s.first_row));
-        bounds.push_back(rows());
-        std::size_t k = 0;
+        for (std::size_t k = k0; k < k1; ++k) bounds.push_back(static_cast<std::size_t>(m_.shards[k].first_row) - base);
+        bounds.push_back(static_cast<std::size_t>(m_.shards[k1 - 1].first_row + m_.shards[k1 - 1].rows) - base);
+        std::size_t k = k0;
         return make_sharded_table(std::span<const std::size_t>(bounds),
                                   [&](std::size_t, std::size_t) { return shard_table<Row>(k++); });
     }
