@@ -2,7 +2,7 @@
 # Needs root (or sudo) only when something is missing.
 
 ENGRAM_DEBIAN_PACKAGES=(cmake make g++ pkg-config libeigen3-dev libxxhash-dev catch2 libbenchmark-dev
-                        nlohmann-json3-dev libutf8proc-dev libdnnl-dev)
+                        nlohmann-json3-dev libutf8proc-dev libdnnl-dev libopenmpi-dev openmpi-bin)
 
 engram_install_deps() {
     local missing=()
