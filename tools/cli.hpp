@@ -17,6 +17,12 @@ struct usage_error : engram::error {
     using engram::error::error;
 };
 
+/// Ends the command with `status` and prints nothing (the error was reported elsewhere: by rank
+/// 0 of an MPI run, for an error every rank saw).
+struct quiet_exit {
+    int status = 1;
+};
+
 /// Positional arguments and options of one subcommand.
 struct args {
     std::vector<std::string> positional;

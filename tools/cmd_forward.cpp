@@ -1,6 +1,10 @@
 // engram forward: runs the Engram layer of a case file (weights, ids, hidden states), with the
 // embedding rows from the case, from a table file, and/or from a chosen storage tier.
 #include "cli.hpp"
+#include "forward_common.hpp"
+#if ENGRAM_CLI_MPI
+#include "forward_mpi.hpp"
+#endif
 
 #include <engram/io/table_file.hpp>
 #include <engram/layer/checkpoint.hpp>
@@ -19,17 +23,12 @@ namespace engram_cli {
 
 namespace {
 
+using namespace fwd;
+
 constexpr const char* usage =
     "engram forward CASE.safetensors -o OUT.safetensors [--stream] [--table TABLE.safetensors] "
-    "[--storage dense|mmap|sharded:N|cached:BYTES] [--weights f32|bf16|bf16_dot|int8] [--threads N] "
+    "[--storage dense|mmap|sharded:N|cached:BYTES|mpi[:heads]] [--weights f32|bf16|bf16_dot|int8] [--threads N] "
     "[--checkpoint DIR --layer L [--token-map FILE]]";
-
-struct storage_choice {
-    enum kind_type { dense, mmap, sharded, cached } kind = dense;
-    std::size_t shards = 0;
-    std::size_t bytes = 0;
-    std::string text = "dense";
-};
 
 /// "dense", "mmap", "sharded:N" or "cached:BYTES" (BYTES may end in K, M or G: powers of 1024).
 storage_choice parse_storage(const std::string& text) {
@@ -78,43 +77,15 @@ storage_choice parse_storage(const std::string& text) {
     } else if (text.rfind("cached:", 0) == 0) {
         c.kind = storage_choice::cached;
         c.bytes = number(text.substr(7), true);
+    } else if (text == "mpi" || text == "mpi:rows" || text == "mpi:heads") {
+        c.kind = storage_choice::mpi;
+        c.by_head = text == "mpi:heads";
     } else {
-        throw usage_error("--storage '" + text + "': expected dense, mmap, sharded:N or cached:BYTES");
+        throw usage_error("--storage '" + text +
+                          "': expected dense, mmap, sharded:N, cached:BYTES or mpi[:rows|:heads]");
     }
     return c;
 }
-
-/// A dense table holding the same encoded rows as `src` rows [first, last).
-template <class Table>
-auto dense_copy(const Table& src, std::size_t first, std::size_t last) {
-    using codec = typename Table::codec_type;
-    engram::dense_storage::table<codec> out(last - first, src.dim());
-    if constexpr (requires { src.encoded_row(std::size_t{0}); }) {
-        for (std::size_t r = first; r < last; ++r) {
-            const auto from = src.encoded_row(r);
-            std::copy(from.begin(), from.end(), out.encoded_row(r - first).begin());
-        }
-    } else {
-        std::vector<float> row(src.dim());
-        for (std::size_t r = first; r < last; ++r) {
-            const engram::row_id id = static_cast<engram::row_id>(r);
-            src.gather(std::span<const engram::row_id>(&id, 1), row);
-            out.set_row(r - first, row);
-        }
-    }
-    return out;
-}
-
-template <class Layer>
-struct run_inputs {
-    const Layer& layer;
-    const std::vector<std::int64_t>& ids;
-    const std::vector<float>& hidden;
-    std::vector<float>& out;
-    std::size_t batch, seq;
-    bool stream;
-    std::span<const std::uint8_t> mask = {}; ///< DeepSeek-V4.1's token mask (0 = dead), or empty
-};
 
 template <class Layer, class Table>
 void run_layer(const run_inputs<Layer>& in, const Table& table) {
@@ -138,6 +109,8 @@ void run_layer(const run_inputs<Layer>& in, const Table& table) {
 template <class Layer, class Source>
 void run_tier(const run_inputs<Layer>& in, const Source& src, const storage_choice& choice, bool src_is_mapped) {
     switch (choice.kind) {
+    case storage_choice::mpi: // run_mpi's, never a tier over one process's rows
+        throw engram::unsupported_error("--storage " + choice.text + " is not a tier of one process");
     case storage_choice::mmap:
         if (!src_is_mapped)
             throw engram::unsupported_error("--storage mmap needs rows stored as F32 in the case file, or --table");
@@ -163,22 +136,23 @@ void run_tier(const run_inputs<Layer>& in, const Source& src, const storage_choi
     }
 }
 
-/// The table file must have been packed for this layer: same layout and vocabulary.
-template <class Layer>
-void check_table_matches(const engram::table_file& tf, const Layer& layer) {
-    const auto& mine = layer.layout();
-    if (tf.rows() != static_cast<std::size_t>(mine.total_rows) || tf.dim() != static_cast<std::size_t>(mine.head_dim))
-        throw engram::config_error("table file has " + std::to_string(tf.rows()) + " x " + std::to_string(tf.dim()) +
-                                   " rows, the case's layer needs " + std::to_string(mine.total_rows) + " x " +
-                                   std::to_string(mine.head_dim));
-    if (tf.vocab()) {
-        const auto theirs = tf.layout();
-        if (theirs.primes != mine.primes || theirs.offsets != mine.offsets || theirs.multipliers != mine.multipliers)
-            throw engram::config_error(
-                "table file was packed for another layout (primes, offsets or multipliers differ)");
-        if (!(*tf.vocab() == layer.vocab()))
-            throw engram::config_error("table file's canonical vocabulary differs from the case's 'lookup'");
-    }
+/// --storage mpi: the layer run by the MPI ranks (forward_mpi.hpp); rows from the table file or
+/// from `slice(first, n)` of the case's rows. Returns false on ranks other than 0 (they write
+/// nothing); `note` gets the traffic summary.
+template <class Layer, class Slice>
+bool run_mpi(const run_inputs<Layer>& in, const std::optional<std::string>& table_path, const storage_choice& choice,
+             Slice&& slice, std::string& note) {
+    if (in.stream) throw usage_error("--stream with --storage " + choice.text + ": the ranks run whole sequences");
+#if ENGRAM_CLI_MPI
+    on_every_rank("forward", [&] { note = forward_over_ranks(in, table_path, choice, slice); });
+    return world().rank() == 0;
+#else
+    (void)table_path;
+    (void)slice;
+    (void)note;
+    throw engram::unsupported_error("--storage " + choice.text +
+                                    ": this engram was built without MPI (configure with -DENGRAM_MPI=ON)");
+#endif
 }
 
 /// Runs a loaded layer on the case's ids and hidden states, with the rows from the case, a table
@@ -196,8 +170,14 @@ void run_case(const Layer& layer, const engram::safetensors_file& file, const st
     const run_inputs<Layer> in{
         layer, ids, hidden, out, static_cast<std::size_t>(id_shape[0]), static_cast<std::size_t>(id_shape[1]), stream};
 
-    std::string source = "the case";
-    if (table_path) {
+    std::string source = table_path ? *table_path : std::string("the case");
+    std::string note;
+    if (choice.kind == storage_choice::mpi) {
+        const auto slice = [&](std::size_t first, std::size_t n) {
+            return dense_copy(layer.table(), first, first + n);
+        };
+        if (!run_mpi(in, table_path, choice, slice, note)) return;
+    } else if (table_path) {
         const auto tf = engram::table_file::open(*table_path);
         check_table_matches(tf, layer);
         tf.visit_rows([&](const auto& rows) { run_tier(in, rows, choice, true); });
@@ -221,7 +201,7 @@ void run_case(const Layer& layer, const engram::safetensors_file& file, const st
     writer.write(output);
     std::cout << "ran layer " << cfg.layer_id << " (orders 2.." << cfg.hash.max_ngram << ") on " << in.batch << " x "
               << in.seq << " tokens" << (in.stream ? " (streamed)" : "") << ", rows from " << source << " via "
-              << choice.text << weights_note << "; wrote " << output << '\n';
+              << choice.text << note << weights_note << "; wrote " << output << '\n';
 }
 
 /// What `engram forward` was asked for, besides the case.
@@ -277,6 +257,8 @@ void run_v41(const std::shared_ptr<const engram::safetensors_file>& file, const 
     const std::vector<float> hidden = h.to_vector<float>();
     std::vector<float> out(hidden.size());
     std::string source = "the " + std::string(ck ? "checkpoint" : "case") + "'s FP8 tensors in place";
+    std::string note;
+    bool root = true; // the rank that writes (every process but ranks 1.. of an MPI run)
     v41::dispatch(cfg, [&]<class L>(std::type_identity<L>) {
         auto layer =
             v41::load_layer<L>(cfg, layer_id, vocab, tensors, o.weights.value_or(engram::weight_format::bf16_dot));
@@ -285,7 +267,11 @@ void run_v41(const std::shared_ptr<const engram::safetensors_file>& file, const 
             layer,    ids, hidden, out, static_cast<std::size_t>(id_shape[0]), static_cast<std::size_t>(id_shape[1]),
             o.stream, mask};
         const auto& table = layer.table();
-        if (o.table_path) {
+        if (o.choice.kind == storage_choice::mpi) {
+            const auto slice = [&](std::size_t first, std::size_t n) { return table.slice(first, n); };
+            root = run_mpi(in, o.table_path, o.choice, slice, note);
+            if (o.table_path) source = *o.table_path;
+        } else if (o.table_path) {
             // The table file's rows as mapped (one instantiation per codec and order set, not
             // per storage tier too: this file's compile time is the CI's longest).
             if (o.choice.kind != storage_choice::mmap)
@@ -306,6 +292,7 @@ void run_v41(const std::shared_ptr<const engram::safetensors_file>& file, const 
             run_layer(in, table); // dense and mmap: the tensors in place
         }
     });
+    if (!root) return;
     std::vector<std::uint16_t> bits(out.size());
     for (std::size_t i = 0; i < out.size(); ++i) bits[i] = engram::bfloat16::from_float(out[i]).bits;
     engram::safetensors_writer writer;
@@ -315,7 +302,7 @@ void run_v41(const std::shared_ptr<const engram::safetensors_file>& file, const 
     writer.write(output);
     std::cout << "ran DeepSeek-V4.1 Engram layer " << layer_id << " (orders 2.." << cfg.max_ngram << ") on "
               << id_shape[0] << " x " << id_shape[1] << " tokens" << (o.stream ? " (streamed)" : "")
-              << (mask.empty() ? "" : ", token mask") << ", rows from " << source << " via " << o.choice.text
+              << (mask.empty() ? "" : ", token mask") << ", rows from " << source << " via " << o.choice.text << note
               << o.weights_note << "; wrote " << output << '\n';
 }
 
@@ -369,7 +356,10 @@ int cmd_forward(const std::vector<std::string>& argv) {
                   << "  --table FILE  take the embedding rows from a table file (engram pack), any codec\n"
                   << "  --storage S   serve the rows from: dense (RAM), mmap (the file, zero-copy; default\n"
                   << "                with --table), sharded:N (N row ranges), cached:BYTES (a hot-row cache,\n"
-                  << "                e.g. cached:16M, in front of the file or the case's rows)\n"
+                  << "                e.g. cached:16M, in front of the file or the case's rows), or mpi\n"
+                  << "                (under mpirun/srun: the rows split over the ranks by row range, mpi:heads\n"
+                  << "                by head; each rank holds its rows or maps its shards of --table, runs its\n"
+                  << "                block of sequences; rank 0 writes OUT; needs an engram built with MPI)\n"
                   << "  --weights W   projection weights: f32 (default), bf16 (a bf16 copy, float products)\n"
                   << "                bf16_dot (bf16 weights and memory vectors, bf16 dot products) or int8\n"
                   << "                (int8 weights per output channel, int8 memory vectors per token)\n"

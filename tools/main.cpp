@@ -49,6 +49,8 @@ int main(int argc, char** argv) {
         }
         std::cerr << "engram: unknown command '" << one_line(name) << "' (try 'engram --help')\n";
         return 2;
+    } catch (const engram_cli::quiet_exit& e) {
+        return e.status;
     } catch (const engram_cli::usage_error& e) {
         std::cerr << "engram " << name << ": " << one_line(e.what()) << '\n';
         return 2;

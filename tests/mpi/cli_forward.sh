@@ -32,6 +32,6 @@ if "${mpirun[@]}" -np "$np" "$engram" forward "$demo" -o "$dir/bad.safetensors" 
     echo "cli_forward: FAIL: a missing shard was not noticed"; cat "$dir/log"; exit 1
 fi
 cat "$dir/log"
-grep -q "engram: error: .*shard 1" "$dir/log" || { echo "cli_forward: FAIL: no error naming shard 1"; exit 1; }
+grep -q "engram forward: error: .*shard 1" "$dir/log" || { echo "cli_forward: FAIL: no error naming shard 1"; exit 1; }
 [ ! -e "$dir/bad.safetensors" ] || { echo "cli_forward: FAIL: an output was written"; exit 1; }
 echo "cli_forward: OK on $np ranks"

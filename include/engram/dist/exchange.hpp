@@ -134,6 +134,16 @@ inline void agree(const communicator& comm, const std::optional<local_failure>& 
 
 } // namespace detail
 
+/// @brief Collective: runs `f` on every rank; if it threw on any rank, every rank throws the
+///        lowest failing rank's error (same type and message, `agreed_error`), prefixed with
+///        `what`. For the steps before an exchange that one rank may fail alone.
+template <class F>
+void collectively(const communicator& comm, const std::string& what, F&& f) {
+    std::optional<detail::local_failure> failure;
+    detail::capture(failure, std::forward<F>(f));
+    detail::agree(comm, failure, what);
+}
+
 /// @brief What an exchange needs of the table it reads: the partition, this rank's rows and how
 ///        they travel. Implemented by `mpi_table`.
 template <class Local>
