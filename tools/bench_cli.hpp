@@ -38,4 +38,7 @@ inline engram::hash_config bench_hash_config(int max_ngram, bool quick) {
 /// `engram bench prefetch` (cmd_bench_prefetch.cpp).
 int cmd_bench_prefetch(const std::vector<std::string>& argv);
 
+/// `engram bench mpi` (cmd_bench_mpi.cpp; under mpirun, in an engram built with MPI).
+int cmd_bench_mpi(const std::vector<std::string>& argv);
+
 } // namespace engram_cli

@@ -557,8 +557,9 @@ int cmd_bench_lookup(const std::vector<std::string>& argv) {
 /// `engram bench` / `engram bench lookup`: the main job; `engram bench prefetch`: the prefetch bench.
 int cmd_bench(const std::vector<std::string>& argv) {
     // The subcommand: the first argument that is not an option or an option's value.
-    static const char* const with_value[] = {"--compute-us", "--batch", "--threads", "--steps",    "--reps",
-                                             "--dir",        "--json",  "--tokens",  "--max-ngram"};
+    static const char* const with_value[] = {"--compute-us", "--batch", "--threads",  "--steps",
+                                             "--reps",       "--dir",   "--json",     "--tokens",
+                                             "--max-ngram",  "--text",  "--tokenizer"};
     for (std::size_t i = 0; i < argv.size(); ++i) {
         const std::string& s = argv[i];
         if (std::find(std::begin(with_value), std::end(with_value), s) != std::end(with_value)) {
@@ -567,18 +568,19 @@ int cmd_bench(const std::vector<std::string>& argv) {
         }
         if (!s.empty() && s[0] == '-') continue;
         if (s == "prefetch") return cmd_bench_prefetch(argv);
+        if (s == "mpi") return cmd_bench_mpi(argv);
         if (s == "lookup") {
             std::vector<std::string> rest(argv);
             rest.erase(rest.begin() + static_cast<std::ptrdiff_t>(i));
             return cmd_bench_lookup(rest);
         }
-        throw usage_error("unknown bench '" + s + "' (lookup, the default, or prefetch)");
+        throw usage_error("unknown bench '" + s + "' (lookup, the default, prefetch or mpi)");
     }
     return cmd_bench_lookup(argv);
 }
 
 const registration reg_cmd_bench{
-    {"bench", "bench [lookup|prefetch] [--quick] [--json FILE]  main job: hash, gather, forward, decode vs limits",
+    {"bench", "bench [lookup|prefetch|mpi] [--quick] [--json FILE]  main job: hash, gather, forward, decode vs limits",
      &cmd_bench}};
 
 } // namespace

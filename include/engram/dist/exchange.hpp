@@ -144,6 +144,15 @@ void collectively(const communicator& comm, const std::string& what, F&& f) {
     detail::agree(comm, failure, what);
 }
 
+/// @brief The working memory of one exchange. A table keeps the buffers of finished exchanges
+///        and hands them to the next ones: a steady stream of batches then allocates (and page-
+///        faults) nothing after the first few.
+struct exchange_buffers {
+    std::vector<row_id> asked, local;  ///< ids asked of this rank (global, then local)
+    std::vector<std::byte> out, in;    ///< rows packed for the askers, rows received
+    std::vector<float> values, memory; ///< decoded distinct rows, memory vectors
+};
+
 /// @brief What an exchange needs of the table it reads: the partition, this rank's rows and how
 ///        they travel. Implemented by `mpi_table`.
 template <class Local>
@@ -153,7 +162,8 @@ struct exchange_source {
     std::size_t local_first_row = 0; ///< the global row of the local table's row 0
     std::size_t dim = 0;
     std::size_t rows = 0;
-    exchange_stats* totals = nullptr; ///< the table's running totals (added to at completion)
+    exchange_stats* totals = nullptr;               ///< the table's running totals (added to at completion)
+    std::vector<exchange_buffers>* spare = nullptr; ///< the table's buffers to reuse
 };
 
 /// @brief The state of one exchange: shared by its ticket and the table's lane (which completes
@@ -164,10 +174,19 @@ public:
     using wire = row_wire<Local>;
     static constexpr std::uint64_t refused = std::numeric_limits<std::uint64_t>::max();
 
-    exchange_state(const communicator& comm, exchange_source<Local> src) : comm_(&comm), src_(src) {}
+    exchange_state(const communicator& comm, exchange_source<Local> src) : comm_(&comm), src_(src) {
+        if (src_.spare != nullptr && !src_.spare->empty()) {
+            buf_ = std::move(src_.spare->back());
+            src_.spare->pop_back();
+        }
+    }
     exchange_state(const exchange_state&) = delete;
     exchange_state& operator=(const exchange_state&) = delete;
-    ~exchange_state() { settle(); }
+    ~exchange_state() {
+        settle();
+        constexpr std::size_t kept = 4; // enough for the lanes' exchanges and a result held meanwhile
+        if (src_.spare != nullptr && src_.spare->size() < kept) src_.spare->push_back(std::move(buf_));
+    }
 
     /// Posts the counts (collective start). `failure`: this rank's input was refused; it still
     /// takes part, so that every rank learns of it.
@@ -239,10 +258,10 @@ public:
 
     [[nodiscard]] const lookup_plan& plan() const noexcept { return plan_; }
     [[nodiscard]] std::span<const float> staged() const noexcept {
-        return {values_.get(), plan_.unique_rows.size() * src_.dim};
+        return {buf_.values.data(), plan_.unique_rows.size() * src_.dim};
     }
     [[nodiscard]] std::span<const float> memory() const noexcept {
-        return {memory_.get(), plan_.positions() * src_.dim};
+        return {buf_.memory.data(), plan_.positions() * src_.dim};
     }
     [[nodiscard]] std::size_t dim() const noexcept { return src_.dim; }
     [[nodiscard]] std::size_t table_rows() const noexcept { return src_.rows; }
@@ -298,7 +317,7 @@ private:
         }
         sd_ = displacements(sc_, "row ids");
         rd_ = displacements(rc_, "row ids");
-        asked_.resize(static_cast<std::size_t>(rd_.back()) + static_cast<std::size_t>(rc_.back()));
+        buf_.asked.resize(static_cast<std::size_t>(rd_.back()) + static_cast<std::size_t>(rc_.back()));
         stats_.bytes_sent += (P - 1) * sizeof(std::uint64_t);
         stats_.bytes_received += (P - 1) * sizeof(std::uint64_t);
         for (std::size_t k = 0; k < P; ++k) {
@@ -309,7 +328,7 @@ private:
         }
         phase_ = phase::ids;
         static_assert(sizeof(row_id) == 8);
-        detail::check(MPI_Ialltoallv(plan_.unique_rows.data(), sc_.data(), sd_.data(), MPI_INT64_T, asked_.data(),
+        detail::check(MPI_Ialltoallv(plan_.unique_rows.data(), sc_.data(), sd_.data(), MPI_INT64_T, buf_.asked.data(),
                                      rc_.data(), rd_.data(), MPI_INT64_T, comm_->native(), &request_),
                       "MPI_Ialltoallv");
     }
@@ -319,20 +338,22 @@ private:
         const std::size_t P = comm_->usize(), me = comm_->urank();
         const std::size_t wb = wire::row_bytes(*src_.local);
         const std::size_t lo = src_.partition->first_row(me), hi = lo + src_.partition->rows_of(me);
-        std::vector<row_id> local(asked_.size());
-        for (std::size_t i = 0; i < asked_.size(); ++i) {
-            const auto r = asked_[i];
+        const std::vector<row_id>& asked = buf_.asked;
+        std::vector<row_id>& local = buf_.local;
+        local.resize(asked.size());
+        for (std::size_t i = 0; i < asked.size(); ++i) {
+            const auto r = asked[i];
             if (r < 0 || static_cast<std::size_t>(r) < lo || static_cast<std::size_t>(r) >= hi)
                 throw mpi_error("dist exchange: rank " + std::to_string(me) + " was asked for row " +
                                 std::to_string(r) + ", outside its rows [" + std::to_string(lo) + ", " +
                                 std::to_string(hi) + ") (ranks disagree on the partition)");
             local[i] = r - static_cast<row_id>(src_.local_first_row);
         }
-        out_rows_.resize(asked_.size() * wb);
+        buf_.out.resize(asked.size() * wb);
         for (std::size_t k = 0; k < P; ++k) {
             const auto n = static_cast<std::size_t>(rc_[k]), at = static_cast<std::size_t>(rd_[k]);
             if (n != 0)
-                wire::pack(*src_.local, std::span<const row_id>(local).subspan(at, n), out_rows_.data() + at * wb);
+                wire::pack(*src_.local, std::span<const row_id>(local).subspan(at, n), buf_.out.data() + at * wb);
             if (k != me) {
                 stats_.rows_served += n;
                 stats_.bytes_sent += n * wb;
@@ -349,9 +370,9 @@ private:
         brd_ = displacements(brc, "row bytes");
         bsc_ = std::move(bsc);
         brc_ = std::move(brc);
-        in_rows_.resize(plan_.unique_rows.size() * wb);
+        buf_.in.resize(plan_.unique_rows.size() * wb);
         phase_ = phase::rows;
-        detail::check(MPI_Ialltoallv(out_rows_.data(), bsc_.data(), bsd_.data(), MPI_BYTE, in_rows_.data(), brc_.data(),
+        detail::check(MPI_Ialltoallv(buf_.out.data(), bsc_.data(), bsd_.data(), MPI_BYTE, buf_.in.data(), brc_.data(),
                                      brd_.data(), MPI_BYTE, comm_->native(), &request_),
                       "MPI_Ialltoallv");
     }
@@ -361,25 +382,21 @@ private:
     void after_rows() {
         const std::size_t P = comm_->usize(), dim = src_.dim, wb = wire::row_bytes(*src_.local);
         const std::size_t n = plan_.unique_rows.size();
-        values_ = std::make_unique_for_overwrite<float[]>(::engram::detail::checked_mul(n, dim, "dist staging"));
-        memory_ = std::make_unique_for_overwrite<float[]>(
-            ::engram::detail::checked_mul(plan_.positions(), dim, "dist memory"));
+        buf_.values.resize(::engram::detail::checked_mul(n, dim, "dist staging"));
+        buf_.memory.resize(::engram::detail::checked_mul(plan_.positions(), dim, "dist memory"));
         for (std::size_t k = 0; k < P; ++k) {
             const auto count = static_cast<std::size_t>(sc_[k]), at = static_cast<std::size_t>(sd_[k]);
-            if (count != 0) wire::unpack(*src_.local, in_rows_.data() + at * wb, count, values_.get() + at * dim);
+            if (count != 0) wire::unpack(*src_.local, buf_.in.data() + at * wb, count, buf_.values.data() + at * dim);
         }
         for (std::size_t u = 0; u < n; ++u) {
-            const float* row = values_.get() + u * dim;
+            const float* row = buf_.values.data() + u * dim;
             for (std::size_t k = plan_.starts[u]; k < plan_.starts[u + 1]; ++k)
-                std::memcpy(memory_.get() + plan_.order[k] * dim, row, dim * sizeof(float));
+                std::memcpy(buf_.memory.data() + plan_.order[k] * dim, row, dim * sizeof(float));
         }
         stats_.exchanges = 1;
         stats_.positions = plan_.positions();
         stats_.unique_rows = n;
         if (src_.totals != nullptr) *src_.totals += stats_;
-        out_rows_ = {};
-        in_rows_ = {};
-        asked_ = {};
         phase_ = phase::done;
     }
 
@@ -392,9 +409,7 @@ private:
     std::exception_ptr error_;
     std::vector<std::uint64_t> send_counts_, recv_counts_;
     std::vector<int> sc_, sd_, rc_, rd_, bsc_, bsd_, brc_, brd_;
-    std::vector<row_id> asked_;
-    std::vector<std::byte> out_rows_, in_rows_;
-    std::unique_ptr<float[]> values_, memory_;
+    exchange_buffers buf_;
     exchange_stats stats_;
 };
 

@@ -260,7 +260,7 @@ private:
     ticket_type start(lookup_plan plan, std::optional<detail::local_failure> failure) const {
         const std::size_t lane = next_lane_++ % lanes_.size();
         if (auto previous = last_[lane].lock()) previous->settle(); // same lane: one at a time, in order
-        exchange_source<Local> src{&partition_, &local_, local_first_, dim(), rows(), stats_.get()};
+        exchange_source<Local> src{&partition_, &local_, local_first_, dim(), rows(), stats_.get(), spare_.get()};
         auto st = std::make_shared<exchange_state<Local>>(lanes_[lane], src);
         st->start(std::move(plan), std::move(failure));
         last_[lane] = st;
@@ -276,6 +276,7 @@ private:
     mutable std::vector<std::weak_ptr<exchange_state<Local>>> last_;
     mutable std::size_t next_lane_ = 0;
     std::unique_ptr<exchange_stats> stats_ = std::make_unique<exchange_stats>();
+    std::unique_ptr<std::vector<exchange_buffers>> spare_ = std::make_unique<std::vector<exchange_buffers>>();
 };
 
 /// @brief The layer on token ids `[B, T]` with rows from a distributed table (collective):
