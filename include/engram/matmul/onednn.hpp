@@ -155,7 +155,9 @@ private:
 
     static md src_md(const state& s, std::size_t n) {
         const auto m = static_cast<dnnl::memory::dim>(n), k = static_cast<dnnl::memory::dim>(s.cols);
-        if (is_int8(s)) return md({m, k}, dt::u8, {static_cast<dnnl::memory::dim>(s.k_stride), 1});
+        // int8: the whole padded row of 4 * k4 bytes (dense: oneDNN's AMX int8 kernels take no
+        // strided source); the weights' padding rows are zero, so the pad bytes add nothing.
+        if (is_int8(s)) return md({m, static_cast<dnnl::memory::dim>(s.k_stride)}, dt::u8, tag::ab);
         return md({m, k}, dt::bf16, tag::ab);
     }
     static md dst_md(const state& s, std::size_t n) {
@@ -175,7 +177,8 @@ private:
         s.rows = w.rows;
         s.cols = w.cols;
         s.k_stride = is_int8(s) ? 4 * host_.int8_weights().k4() : w.cols;
-        const auto k = static_cast<dnnl::memory::dim>(w.cols), nn = static_cast<dnnl::memory::dim>(w.rows);
+        const auto k = static_cast<dnnl::memory::dim>(is_int8(s) ? s.k_stride : w.cols),
+                   nn = static_cast<dnnl::memory::dim>(w.rows);
         if (is_int8(s) && !exact_int8()) {
             // Without VNNI oneDNN multiplies u8 x s8 pairs into saturating int16 (vpmaddubsw):
             // not the exact sums this format promises. host_matmul's are exact.
@@ -192,11 +195,11 @@ private:
             std::vector<std::uint16_t> w16;
             std::vector<std::int8_t> w8;
             void* src = nullptr;
-            if (is_int8(s)) { // host_matmul's int8 weights, unpacked to [rows, cols]
+            if (is_int8(s)) { // host_matmul's int8 weights, unpacked to [rows, k_stride], zero-padded
                 const auto& q = host_.int8_weights();
-                w8.resize(w.rows * w.cols);
+                w8.assign(w.rows * s.k_stride, 0);
                 for (std::size_t r = 0; r < w.rows; ++r)
-                    for (std::size_t c = 0; c < w.cols; ++c) w8[r * w.cols + c] = q.at(r, c);
+                    for (std::size_t c = 0; c < w.cols; ++c) w8[r * s.k_stride + c] = q.at(r, c);
                 src = w8.data();
             } else {
                 w16.resize(w.rows * w.cols);
