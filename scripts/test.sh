@@ -46,6 +46,14 @@ if [ -n "$nvcc" ] && [ -z "$sanitize" ]; then
 else
     config+=(-DENGRAM_CUDA=OFF)
 fi
+# The MPI distributed storage (engram::mpi) is built and its tests run under mpirun where MPI is
+# installed (scripts/deps.sh installs OpenMPI); not under the sanitizers (OpenMPI's own
+# allocations and threads are not ours to instrument).
+if command -v mpicxx >/dev/null && command -v mpirun >/dev/null && [ -z "$sanitize" ]; then
+    config+=(-DENGRAM_MPI=ON)
+else
+    config+=(-DENGRAM_MPI=OFF)
+fi
 [ -n "$label" ] && ctest_args+=(-L "$label")
 cmake -S . -B "$build" "${config[@]}"
 if [ -n "$target" ]; then

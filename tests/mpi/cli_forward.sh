@@ -4,7 +4,7 @@
 # split by rows and by head), and the DeepSeek-V4.1 case from its FP8 tensors.
 # Usage: cli_forward.sh "MPIRUN ARGS..." N ENGRAM DATA_DIR
 set -euo pipefail
-read -r -a mpirun <<<"$1"
+IFS='; ' read -r -a mpirun <<<"$1" # a CMake list or a shell word list
 np=$2 engram=$3 data=$4
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT

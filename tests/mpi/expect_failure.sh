@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs dist_failure MODE on 3 ranks and checks that the job ends, with a non-zero status and an
 # error naming the failed rank, well before ctest's timeout (a hang is the failure we guard against).
-# Usage: expect_failure.sh "MPIRUN ARGS..." DIST_FAILURE MODE
+# Usage: expect_failure.sh "MPIRUN ARGS..." DIST_FAILURE MODE  (MPIRUN ARGS: words or a CMake list)
 set -uo pipefail
-read -r -a mpirun <<<"$1"
+IFS='; ' read -r -a mpirun <<<"$1" # a CMake list or a shell word list
 program=$2 mode=$3
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
