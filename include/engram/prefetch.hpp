@@ -112,6 +112,15 @@ inline lookup_plan make_plan(std::span<const row_id> row_ids, std::size_t batch,
 
 namespace detail {
 
+/// Throws input_error unless `plan` is `mine` or has its shape and row ids (a ticket's check).
+inline void check_same_plan(const lookup_plan& plan, const lookup_plan& mine, const char* what) {
+    if (&plan != &mine && (plan.batch != mine.batch || plan.seq_len != mine.seq_len || plan.heads != mine.heads ||
+                           plan.row_ids != mine.row_ids))
+        throw input_error(std::string(what) + ": the plan (" + std::to_string(plan.positions()) +
+                          " positions) is not the one this ticket was fetched for (" +
+                          std::to_string(mine.positions()) + " positions)");
+}
+
 /// The plan of the row ids `[B, T, heads]` that `fill` writes.
 template <class Fill>
 lookup_plan plan_of_rows(std::size_t heads, std::size_t batch, std::size_t seq_len, Fill&& fill) {
@@ -402,12 +411,7 @@ public:
 
     /// @brief Throws input_error unless `plan` has the row ids of the ticket's plan. Waits first.
     void check_plan(const lookup_plan& plan, const char* what) const {
-        const lookup_plan& mine = this->plan();
-        if (&plan != &mine && (plan.batch != mine.batch || plan.seq_len != mine.seq_len || plan.heads != mine.heads ||
-                               plan.row_ids != mine.row_ids))
-            throw input_error(std::string(what) + ": the plan (" + std::to_string(plan.positions()) +
-                              " positions) is not the one this ticket was fetched for (" +
-                              std::to_string(mine.positions()) + " positions)");
+        detail::check_same_plan(plan, this->plan(), what);
     }
 
 private:

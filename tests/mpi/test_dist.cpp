@@ -4,6 +4,8 @@
 // the same error. Every collective call below is made on every rank (no REQUIRE before one).
 #include <catch2/catch.hpp>
 
+#include "support/thrown.hpp"
+
 #include <engram/dist/table.hpp>
 #include <engram/dist/table_file.hpp>
 #include <engram/layer/checkpoint.hpp>
@@ -38,7 +40,7 @@ int size_of() {
 
 template <class T>
 bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
-    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+    return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
 /// A dense table of codec C with deterministic rows (the same on every rank).
@@ -88,18 +90,6 @@ bool same_on_every_rank(const std::string& text) {
     const dist::communicator comm(MPI_COMM_WORLD);
     const auto all = comm.allgather(dist::detail::fnv1a(text));
     return std::all_of(all.begin(), all.end(), [&](std::uint64_t d) { return d == all[0]; });
-}
-
-template <class E, class F>
-std::string error_of(F&& f) {
-    try {
-        f();
-    } catch (const E& e) {
-        return e.what();
-    } catch (const std::exception& e) {
-        return std::string("unexpected exception: ") + e.what();
-    }
-    return "no exception";
 }
 
 template <class C>
@@ -303,7 +293,7 @@ TEST_CASE("a table file: each rank maps only its shards; bad shards fail every r
     const auto shard = dense.shards_holding(p.first_row(victim_rank), p.first_row(victim_rank) + 1).first;
     const auto shard_name = dense.manifest().shards[shard].file;
     auto open_fails = [&] {
-        return error_of<engram::error>([&] {
+        return engram_test::thrown_message<engram::error>([&] {
             dist::open_table_file(MPI_COMM_WORLD, mine / "t.safetensors", dist::split::rows, [](const auto&) {});
         });
     };
@@ -324,13 +314,13 @@ TEST_CASE("a table file: each rank maps only its shards; bad shards fail every r
     }
     // Another table altogether on the last rank (a stale copy): the fingerprints differ.
     const fs::path which = comm.rank() == comm.size() - 1 && comm.size() > 1 ? other : mine;
-    e = error_of<engram::config_error>(
+    e = engram_test::thrown_message<engram::config_error>(
         [&] { dist::open_table_file(MPI_COMM_WORLD, which / "t.safetensors", dist::split::rows, [](const auto&) {}); });
     if (comm.size() > 1) {
         CHECK(same_on_every_rank(e));
         CHECK(e.find("fingerprint") != std::string::npos);
     } else {
-        CHECK(e == "no exception");
+        CHECK(e == "<nothing thrown>");
     }
     comm.barrier();
     std::error_code ec;
@@ -344,7 +334,7 @@ TEST_CASE("mismatched configurations and refused input fail every rank with one 
     // One rank with another dim.
     {
         const std::size_t dim = comm.urank() == last && comm.size() > 1 ? 16 : 8;
-        const std::string e = error_of<engram::config_error>([&] {
+        const std::string e = engram_test::thrown_message<engram::config_error>([&] {
             const auto p = dist::row_partition::by_rows(100, comm.usize());
             const dist::mpi_table<engram::dense_storage::table<C>> t(
                 MPI_COMM_WORLD, p, engram::dense_storage::table<C>(p.rows_of(comm.urank()), dim),
@@ -358,7 +348,7 @@ TEST_CASE("mismatched configurations and refused input fail every rank with one 
     }
     // One rank's local table does not cover its rows.
     {
-        const std::string e = error_of<engram::config_error>([&] {
+        const std::string e = engram_test::thrown_message<engram::config_error>([&] {
             const auto p = dist::row_partition::by_rows(100, comm.usize());
             const std::size_t n = p.rows_of(comm.urank()) - (comm.urank() == last ? 1 : 0);
             const dist::mpi_table<engram::dense_storage::table<C>> t(
@@ -374,8 +364,8 @@ TEST_CASE("mismatched configurations and refused input fail every rank with one 
         std::vector<row_id> ids = {1, 2, 3};
         if (comm.urank() == last) ids.push_back(100);
         std::vector<float> out(ids.size() * 8, 7.0f);
-        const std::string e =
-            error_of<engram::input_error>([&] { t.gather(std::span<const row_id>(ids), std::span<float>(out)); });
+        const std::string e = engram_test::thrown_message<engram::input_error>(
+            [&] { t.gather(std::span<const row_id>(ids), std::span<float>(out)); });
         CHECK(same_on_every_rank(e));
         CHECK(e.find("rank " + std::to_string(last)) != std::string::npos);
         CHECK(e.find("100") != std::string::npos);
@@ -392,7 +382,7 @@ TEST_CASE("mismatched configurations and refused input fail every rank with one 
         l.offsets = {0};
         l.total_rows = 7;
         l.head_dim = 8;
-        const std::string e = error_of<engram::config_error>(
+        const std::string e = engram_test::thrown_message<engram::config_error>(
             [&] { dist::mpi_storage<engram::dense_storage, dist::split::heads>::table<C> t(MPI_COMM_WORLD, l); });
         CHECK(same_on_every_rank(e));
         CHECK(e.find("heads into") != std::string::npos);

@@ -462,12 +462,7 @@ public:
 
     /// @brief Throws input_error unless `plan` has the row ids of the ticket's plan. Waits first.
     void check_plan(const lookup_plan& plan, const char* what) const {
-        const lookup_plan& mine = this->plan();
-        if (&plan != &mine && (plan.batch != mine.batch || plan.seq_len != mine.seq_len || plan.heads != mine.heads ||
-                               plan.row_ids != mine.row_ids))
-            throw input_error(std::string(what) + ": the plan (" + std::to_string(plan.positions()) +
-                              " positions) is not the one this ticket was exchanged for (" +
-                              std::to_string(mine.positions()) + " positions)");
+        ::engram::detail::check_same_plan(plan, this->plan(), what);
     }
 
 private:
