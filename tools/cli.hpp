@@ -17,6 +17,13 @@ struct usage_error : engram::error {
     using engram::error::error;
 };
 
+/// `s` on one line (newlines become spaces): every error is one line on stderr.
+inline std::string one_line(std::string s) {
+    for (char& c : s)
+        if (c == '\n' || c == '\r') c = ' ';
+    return s;
+}
+
 /// Ends the command with `status` and prints nothing (the error was reported elsewhere: by rank
 /// 0 of an MPI run, for an error every rank saw).
 struct quiet_exit {

@@ -41,11 +41,8 @@ void on_every_rank(const char* command, Body&& body) {
             if (w.rank() == 0) throw;
             throw quiet_exit{1};
         }
-        std::string text = e.what();
-        for (char& c : text)
-            if (c == '\n' || c == '\r') c = ' ';
-        std::cerr << "engram " << command << ": error: rank " << w.rank() << " of " << w.size() << ": " << text
-                  << std::endl;
+        std::cerr << "engram " << command << ": error: rank " << w.rank() << " of " << w.size() << ": "
+                  << one_line(e.what()) << std::endl;
         w.abort(1);
     }
 }
@@ -111,9 +108,7 @@ std::string forward_over_ranks(const run_inputs<Layer>& in, const std::optional<
         using local_type = std::remove_cvref_t<decltype(slice(std::size_t{}, std::size_t{}))>;
         using table_type = dist::mpi_table<local_type>;
         const table_type table(w.native(), [&] {
-            auto p = dist::row_partition::make(s, in.layer.layout(), w.usize());
-            const std::size_t first = p.first_row(w.urank()), n = p.rows_of(w.urank());
-            return typename table_type::parts{std::move(p), slice(first, n), first};
+            return table_type::own_rows(dist::row_partition::make(s, in.layer.layout(), w.usize()), w.urank(), slice);
         });
         run(table);
     }

@@ -19,12 +19,6 @@ void print_usage(std::ostream& os) {
        << "\nRun 'engram <command> --help' for a command's details.\n";
 }
 
-std::string one_line(std::string s) {
-    for (char& c : s)
-        if (c == '\n' || c == '\r') c = ' ';
-    return s;
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
@@ -47,21 +41,21 @@ int main(int argc, char** argv) {
             print_usage(std::cout);
             return 0;
         }
-        std::cerr << "engram: unknown command '" << one_line(name) << "' (try 'engram --help')\n";
+        std::cerr << "engram: unknown command '" << engram_cli::one_line(name) << "' (try 'engram --help')\n";
         return 2;
     } catch (const engram_cli::quiet_exit& e) {
         return e.status;
     } catch (const engram_cli::usage_error& e) {
-        std::cerr << "engram " << name << ": " << one_line(e.what()) << '\n';
+        std::cerr << "engram " << name << ": " << engram_cli::one_line(e.what()) << '\n';
         return 2;
     } catch (const engram::error& e) {
-        std::cerr << "engram " << name << ": error: " << one_line(e.what()) << '\n';
+        std::cerr << "engram " << name << ": error: " << engram_cli::one_line(e.what()) << '\n';
         return 1;
     } catch (const std::bad_alloc&) {
         std::cerr << "engram " << name << ": error: out of memory\n";
         return 1;
     } catch (const std::exception& e) {
-        std::cerr << "engram " << name << ": error: " << one_line(e.what()) << '\n';
+        std::cerr << "engram " << name << ": error: " << engram_cli::one_line(e.what()) << '\n';
         return 1;
     }
 }

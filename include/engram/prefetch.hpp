@@ -112,6 +112,13 @@ inline lookup_plan make_plan(std::span<const row_id> row_ids, std::size_t batch,
 
 namespace detail {
 
+/// Throws input_error unless the plan's index (slots, order, starts) has the sizes make_plan gives.
+inline void check_plan_index(const lookup_plan& plan, const char* what) {
+    if (plan.starts.size() != plan.unique_rows.size() + 1 || plan.order.size() != plan.positions() ||
+        plan.slot.size() != plan.positions())
+        throw input_error(std::string(what) + ": the plan's index is incomplete (make it with make_plan)");
+}
+
 /// Throws input_error unless `plan` is `mine` or has its shape and row ids (a ticket's check).
 inline void check_same_plan(const lookup_plan& plan, const lookup_plan& mine, const char* what) {
     if (&plan != &mine && (plan.batch != mine.batch || plan.seq_len != mine.seq_len || plan.heads != mine.heads ||
@@ -582,9 +589,7 @@ private:
     static void launch(const prefetcher& self, const std::shared_ptr<state>& st) {
         const lookup_plan& plan = st->plan;
         const std::size_t n = plan.unique_rows.size(), dim = st->dim;
-        if (plan.starts.size() != n + 1 || plan.order.size() != plan.positions() ||
-            plan.slot.size() != plan.positions())
-            throw input_error("prefetch: the plan's index is incomplete (make it with make_plan)");
+        detail::check_plan_index(plan, "prefetch");
         if (n == 0) return;
         st->values = std::make_unique_for_overwrite<float[]>(detail::checked_mul(n, dim, "prefetch staging"));
         st->memory =

@@ -118,18 +118,24 @@ void capture(std::optional<local_failure>& failure, F&& f) {
     }
 }
 
+/// @brief Collective among the ranks that know `root` failed (all of them): every rank throws
+///        `root`'s error, with its type and message, prefixed with `what` and the rank.
+[[noreturn]] inline void share_failure(const communicator& comm, int root, const std::optional<local_failure>& mine,
+                                       const std::string& what) {
+    int kind = mine ? static_cast<int>(mine->kind) : 0;
+    check(MPI_Bcast(&kind, 1, MPI_INT, root, comm.native()), "MPI_Bcast");
+    const std::string text = comm.broadcast_text(mine ? mine->message : std::string(), root);
+    throw_kind(static_cast<error_kind>(kind),
+               what + ": rank " + std::to_string(root) + " of " + std::to_string(comm.size()) + ": " + text, root);
+}
+
 /// @brief Collective: if any rank has a failure, every rank throws the lowest failing rank's
 ///        (same type, same message, prefixed with `what` and that rank).
 inline void agree(const communicator& comm, const std::optional<local_failure>& mine, const std::string& what) {
     const int code = mine ? comm.rank() : comm.size();
     int first = comm.size();
     check(MPI_Allreduce(&code, &first, 1, MPI_INT, MPI_MIN, comm.native()), "MPI_Allreduce");
-    if (first == comm.size()) return;
-    int kind = mine ? static_cast<int>(mine->kind) : 0;
-    check(MPI_Bcast(&kind, 1, MPI_INT, first, comm.native()), "MPI_Bcast");
-    const std::string text = comm.broadcast_text(mine ? mine->message : std::string(), first);
-    throw_kind(static_cast<error_kind>(kind),
-               what + ": rank " + std::to_string(first) + " of " + std::to_string(comm.size()) + ": " + text, first);
+    if (first != comm.size()) share_failure(comm, first, mine, what);
 }
 
 } // namespace detail
@@ -159,9 +165,7 @@ template <class Local>
 struct exchange_source {
     const row_partition* partition = nullptr;
     const Local* local = nullptr;
-    std::size_t local_first_row = 0; ///< the global row of the local table's row 0
-    std::size_t dim = 0;
-    std::size_t rows = 0;
+    std::size_t local_first_row = 0;                ///< the global row of the local table's row 0
     exchange_stats* totals = nullptr;               ///< the table's running totals (added to at completion)
     std::vector<exchange_buffers>* spare = nullptr; ///< the table's buffers to reuse
 };
@@ -258,13 +262,13 @@ public:
 
     [[nodiscard]] const lookup_plan& plan() const noexcept { return plan_; }
     [[nodiscard]] std::span<const float> staged() const noexcept {
-        return {buf_.values.data(), plan_.unique_rows.size() * src_.dim};
+        return {buf_.values.data(), plan_.unique_rows.size() * dim()};
     }
     [[nodiscard]] std::span<const float> memory() const noexcept {
-        return {buf_.memory.data(), plan_.positions() * src_.dim};
+        return {buf_.memory.data(), plan_.positions() * dim()};
     }
-    [[nodiscard]] std::size_t dim() const noexcept { return src_.dim; }
-    [[nodiscard]] std::size_t table_rows() const noexcept { return src_.rows; }
+    [[nodiscard]] std::size_t dim() const noexcept { return src_.local->dim(); }
+    [[nodiscard]] std::size_t table_rows() const noexcept { return src_.partition->rows(); }
     [[nodiscard]] const exchange_stats& stats() const noexcept { return stats_; }
 
 private:
@@ -272,14 +276,12 @@ private:
 
     void check_plan_rows() const {
         const lookup_plan& p = plan_;
-        if (p.starts.size() != p.unique_rows.size() + 1 || p.order.size() != p.positions() ||
-            p.slot.size() != p.positions())
-            throw input_error("dist exchange: the plan's index is incomplete (make it with make_plan)");
+        ::engram::detail::check_plan_index(p, "dist exchange");
         if (!p.unique_rows.empty() &&
-            (p.unique_rows.front() < 0 || static_cast<std::size_t>(p.unique_rows.back()) >= src_.rows))
+            (p.unique_rows.front() < 0 || static_cast<std::size_t>(p.unique_rows.back()) >= table_rows()))
             throw input_error("dist exchange: row id " +
                               std::to_string(p.unique_rows.front() < 0 ? p.unique_rows.front() : p.unique_rows.back()) +
-                              " is outside the table's " + std::to_string(src_.rows) + " rows");
+                              " is outside the table's " + std::to_string(table_rows()) + " rows");
     }
 
     static std::vector<int> displacements(const std::vector<int>& counts, const char* what) {
@@ -299,16 +301,8 @@ private:
         int first_refused = -1;
         for (std::size_t k = 0; k < P && first_refused < 0; ++k)
             if (recv_counts_[k] == refused) first_refused = static_cast<int>(k);
-        if (first_refused >= 0) {
-            // Every rank got the refusal from the same ranks: share the lowest one's error.
-            int kind = failure_ ? static_cast<int>(failure_->kind) : 0;
-            detail::check(MPI_Bcast(&kind, 1, MPI_INT, first_refused, comm_->native()), "MPI_Bcast");
-            const std::string text = comm_->broadcast_text(failure_ ? failure_->message : std::string(), first_refused);
-            detail::throw_kind(static_cast<detail::error_kind>(kind),
-                               "dist exchange: rank " + std::to_string(first_refused) + " of " + std::to_string(P) +
-                                   ": " + text,
-                               first_refused);
-        }
+        // Every rank got the refusal from the same ranks: share the lowest one's error.
+        if (first_refused >= 0) detail::share_failure(*comm_, first_refused, failure_, "dist exchange");
         sc_.resize(P);
         rc_.resize(P);
         for (std::size_t k = 0; k < P; ++k) {
@@ -380,7 +374,7 @@ private:
     /// The rows arrived, in the order of the distinct ids (owners are in rank order): decode
     /// each owner's part, then write the memory vector of every position.
     void after_rows() {
-        const std::size_t P = comm_->usize(), dim = src_.dim, wb = wire::row_bytes(*src_.local);
+        const std::size_t P = comm_->usize(), dim = this->dim(), wb = wire::row_bytes(*src_.local);
         const std::size_t n = plan_.unique_rows.size();
         buf_.values.resize(::engram::detail::checked_mul(n, dim, "dist staging"));
         buf_.memory.resize(::engram::detail::checked_mul(plan_.positions(), dim, "dist memory"));

@@ -9,15 +9,15 @@
 
 #include <mpi.h>
 
-#include <algorithm> // for min
-#include <cstddef>   // for size_t, byte
-#include <cstdint>   // for uint64_t
-#include <limits>    // for numeric_limits
-#include <optional>  // for optional
-#include <span>      // for span
-#include <string>    // for string, to_string
-#include <utility>   // for exchange
-#include <vector>    // for vector
+#include <cstddef>  // for size_t, byte
+#include <cstdint>  // for uint64_t
+#include <cstdlib>  // for abort
+#include <limits>   // for numeric_limits
+#include <optional> // for optional
+#include <span>     // for span
+#include <string>   // for string, to_string
+#include <utility>  // for exchange
+#include <vector>   // for vector
 
 ENGRAM_BEGIN_NAMESPACE
 
@@ -48,16 +48,6 @@ inline int mpi_count(std::size_t n, const char* what) {
         throw config_error(std::string("dist: ") + what + " of " + std::to_string(n) +
                            " elements exceeds MPI's int counts in one exchange (split the batch)");
     return static_cast<int>(n);
-}
-
-template <class T>
-MPI_Datatype mpi_type() noexcept {
-    if constexpr (sizeof(T) == 8)
-        return MPI_UINT64_T;
-    else if constexpr (sizeof(T) == 4)
-        return MPI_UINT32_T;
-    else
-        return MPI_BYTE;
 }
 
 } // namespace detail

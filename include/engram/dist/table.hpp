@@ -114,6 +114,14 @@ public:
         std::size_t local_first_row = 0;
     };
 
+    /// @brief The parts of a rank that holds exactly its own rows: `slice(first, n)` gives
+    ///        rows `[first, first + n)` of the table as a `Local`.
+    template <class Slice>
+    [[nodiscard]] static parts own_rows(row_partition p, std::size_t rank, Slice&& slice) {
+        const std::size_t first = p.first_row(rank), n = p.rows_of(rank);
+        return parts{std::move(p), std::forward<Slice>(slice)(first, n), first};
+    }
+
     /// @brief Collective: this rank's partition and rows are made by `make()` (e.g. opening its
     ///        shards of a file). If `make` throws on any rank, every rank throws that error
     ///        (same type and message, naming the rank), so that no rank is left waiting.
@@ -260,7 +268,7 @@ private:
     ticket_type start(lookup_plan plan, std::optional<detail::local_failure> failure) const {
         const std::size_t lane = next_lane_++ % lanes_.size();
         if (auto previous = last_[lane].lock()) previous->settle(); // same lane: one at a time, in order
-        exchange_source<Local> src{&partition_, &local_, local_first_, dim(), rows(), stats_.get(), spare_.get()};
+        exchange_source<Local> src{&partition_, &local_, local_first_, stats_.get(), spare_.get()};
         auto st = std::make_shared<exchange_state<Local>>(lanes_[lane], src);
         st->start(std::move(plan), std::move(failure));
         last_[lane] = st;
@@ -349,11 +357,8 @@ struct mpi_storage {
             int rank = 0, size = 0;
             detail::check(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank");
             detail::check(MPI_Comm_size(comm, &size), "MPI_Comm_size");
-            row_partition p = partition_for(static_cast<std::size_t>(size));
-            const auto me = static_cast<std::size_t>(rank);
-            inner local(p.rows_of(me), dim);
-            const std::size_t first = p.first_row(me);
-            return parts{std::move(p), std::move(local), first};
+            return base::own_rows(partition_for(static_cast<std::size_t>(size)), static_cast<std::size_t>(rank),
+                                  [dim](std::size_t, std::size_t n) { return inner(n, dim); });
         }
     };
 };

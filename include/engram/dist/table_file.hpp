@@ -51,9 +51,8 @@ decltype(auto) open_table_file(MPI_Comm comm, const std::filesystem::path& path,
     // The manifest first (collectively: its codec picks the table type on every rank).
     std::optional<table_file> tf;
     communicator checks(comm);
-    std::optional<detail::local_failure> failure;
-    detail::capture(failure, [&] { tf.emplace(table_file::open_manifest(path)); });
-    detail::agree(checks, failure, "dist table file '" + path.string() + "'");
+    collectively(checks, "dist table file '" + path.string() + "'",
+                 [&] { tf.emplace(table_file::open_manifest(path)); });
     options.fingerprint = detail::fnv1a(tf->codec(), tf->manifest().table_id);
     if (manifest != nullptr) *manifest = tf;
     return dispatch_codec(tf->codec(), [&](auto c) -> decltype(auto) {
